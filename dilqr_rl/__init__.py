@@ -1,0 +1,23 @@
+"""dilqr-rl: differentiable iLQR (DiLQR) as a PyTorch layer.
+
+Notation, used everywhere (batch-major): ``B`` batch, ``T`` horizon, ``n`` state size, ``m``
+control size; ``x0 (B, n)``, states ``x (B, T+1, n)``, controls ``u (B, T, m)``, dynamics
+parameters ``theta (p,)`` or per sample ``(B, p)``.
+
+The core imports only torch and numpy; ``dilqr_rl.envs`` (Gymnasium) and ``dilqr_rl.sb3``
+(Stable-Baselines3) are imported where used.
+"""
+
+from .cost import Cost, FunctionCost, QuadraticCost
+from .dynamics import CartPole, Dynamics, Pendulum, Rocket
+from .grad import fixed_point_vjp
+from .ilqr import ILQRConfig, Solution, ilqr_solve, rollout
+from .layer import DiLQR, NotConvergedError
+from .lqr import box_qp, lqr_backward, lqr_rollout, lqr_solve
+
+__all__ = [
+    "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NotConvergedError",
+    "Pendulum", "QuadraticCost", "Rocket", "Solution", "box_qp", "fixed_point_vjp",
+    "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout",
+]
+__version__ = "0.1.0"

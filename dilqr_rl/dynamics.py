@@ -1,0 +1,330 @@
+"""Discrete-time dynamics models ``x_{t+1} = f(x_t, u_t; theta)``.
+
+Every model is an ``nn.Module`` whose learnable physical parameters are ``nn.Parameter`` s.
+The solver talks to a model through one functional entry point,
+
+    ``step(x, u, theta) -> x_next``,  ``x: (..., n)``, ``u: (..., m)``, ``theta: (..., p)``,
+
+where ``theta`` is the flat vector of the model's parameters (``theta()`` builds it from the
+module, differentiably) and all leading dimensions broadcast. A per-sample override is just a
+``theta`` of shape ``(B, p)``.
+
+First and second derivatives come from ``torch.func`` (batched forward mode over the
+``n + m`` basis directions, so all ``B*T`` linearizations are one vectorized call: the paper's
+"parallelization", section 4.4). Built-in models may provide analytic Jacobians for speed;
+tests compare them with ``torch.func``.
+
+A user model subclasses :class:`Dynamics`, registers its parameters and implements a batched
+``forward(x, u)``; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+__all__ = ["Dynamics", "Pendulum", "CartPole", "Rocket"]
+
+
+class Dynamics(nn.Module):
+    """Base class of a discrete-time model ``x_next = f(x, u; theta)``.
+
+    Subclasses set ``n_state``, ``n_ctrl`` and (for the built-ins) override :meth:`step`.
+    A generic subclass only implements ``forward(x, u)`` with ``x: (..., n)``,
+    ``u: (..., m)``, returning ``(..., n)``, using its own ``nn.Parameter`` s; :meth:`step`
+    then evaluates it with any parameter vector through ``torch.func.functional_call``.
+    """
+
+    n_state: int
+    n_ctrl: int
+    #: Default box bounds on the controls (``None``: unbounded); a controller may override.
+    u_lower: float | None = None
+    u_upper: float | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def param_names(self) -> list[str]:
+        """Names of the parameters that make up ``theta``, in order."""
+        return [name for name, _ in self.named_parameters()]
+
+    def theta(self) -> Tensor:
+        """The flat parameter vector ``(p,)``, differentiable w.r.t. the module parameters."""
+        params = [p.reshape(-1) for _, p in self.named_parameters()]
+        if not params:
+            return torch.zeros(0)
+        return torch.cat(params)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        out, i = {}, 0
+        for name, p in self.named_parameters():
+            out[name] = theta[..., i : i + p.numel()].reshape(p.shape)
+            i += p.numel()
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        """One step with an explicit parameter vector.
+
+        :param x: states ``(..., n)``
+        :param u: controls ``(..., m)``
+        :param theta: parameters ``(..., p)`` or ``(p,)``; leading dims broadcast with ``x``
+        :return: next states ``(..., n)``
+        """
+        if theta.dim() <= 1:
+            return functional_call(self, self._unflatten(theta), (x, u))
+        batch = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1], theta.shape[:-1])
+        xs = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+        us = u.expand(*batch, u.shape[-1]).reshape(-1, u.shape[-1])
+        ths = theta.expand(*batch, theta.shape[-1]).reshape(-1, theta.shape[-1])
+
+        def one(th: Tensor, xi: Tensor, ui: Tensor) -> Tensor:
+            return functional_call(self, self._unflatten(th), (xi, ui))
+
+        return vmap(one)(ths, xs, us).reshape(*batch, self.n_state)
+
+    def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Linearization ``F = [df/dx, df/du]`` at every pair.
+
+        :param x: ``(N, n)``; :param u: ``(N, m)``; :param theta: ``(N, p)`` or ``(p,)``
+        :return: ``(x_next (N, n), F (N, n, n+m))``
+        """
+        return _batched_jacobian(lambda z: self.step(z[..., : self.n_state],
+                                                     z[..., self.n_state :], theta),
+                                 torch.cat([x, u], -1))
+
+    def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
+        """``sum_i lam_i d^2 f_i / dz^2`` at every pair, ``z = [x; u]``.
+
+        This is the second-order dynamics term of the Lagrangian Hessian that iLQR's forward
+        pass (and DiffMPC's backward) drops; the exact fixed-point gradient needs it.
+
+        :param x: ``(N, n)``; :param u: ``(N, m)``; :param theta: ``(N, p)`` or ``(p,)``
+        :param lam: multipliers ``(N, n)``
+        :return: ``(N, n+m, n+m)``
+        """
+        n = self.n_state
+
+        def phi(z: Tensor) -> Tensor:
+            return (lam * self.step(z[..., :n], z[..., n:], theta)).sum()
+
+        z = torch.cat([x, u], -1)
+        return _batched_hessian(phi, z)
+
+
+def _basis(z: Tensor) -> Tensor:
+    """``(d, N, d)`` one-hot tangents, one per input coordinate, for every pair."""
+    d = z.shape[-1]
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    return eye[:, None, :].expand(d, z.shape[0], d)
+
+
+def _batched_jacobian(fn, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pair Jacobians of a pair-wise function ``fn: (N, d) -> (N, k)``.
+
+    Forward mode along each of the ``d`` basis directions, vmapped: one vectorized call.
+    Returns ``(fn(z) (N, k), J (N, k, d))``.
+    """
+
+    def col(v: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(fn, (z,), (v,))
+
+    vals, cols = vmap(col)(_basis(z))  # (d, N, k) each
+    return vals[0], cols.permute(1, 2, 0)
+
+
+def _batched_hessian(phi, z: Tensor) -> Tensor:
+    """Per-pair Hessians of ``phi(z) = sum_pairs phi_i(z_i)`` (block diagonal), ``(N, d, d)``."""
+
+    def col(v: Tensor) -> Tensor:
+        return jvp(grad(phi), (z,), (v,))[1]
+
+    return vmap(col)(_basis(z)).permute(1, 2, 0)
+
+
+def _param(value: float) -> nn.Parameter:
+    return nn.Parameter(torch.tensor(float(value), dtype=torch.get_default_dtype()))
+
+
+class Pendulum(Dynamics):
+    """Torque-limited pendulum, identical to ``mpc.pytorch``'s ``PendulumDx`` (simple=True).
+
+    State ``(cos th, sin th, thdot)`` (``th = 0`` upright), control torque, ``|u| <= 2``,
+    parameters ``(g, m, l)``, ``dt = 0.05``, semi-implicit Euler::
+
+        thdot' = thdot + dt * (3 g / (2 l) sin th + 3 u / (m l^2));  th' = th + dt thdot'
+
+    Unlike ``PendulumDx`` the model does not clamp ``u``: the solver enforces the bounds, and a
+    clamp inside the model would zero the gradient at them.
+    """
+
+    n_state = 3
+    n_ctrl = 1
+    u_lower = -2.0
+    u_upper = 2.0
+
+    def __init__(self, g: float = 10.0, m: float = 1.0, l: float = 1.0, dt: float = 0.05):
+        super().__init__()
+        self.g, self.m, self.l = _param(g), _param(m), _param(l)
+        self.dt = float(dt)
+
+    def theta(self) -> Tensor:
+        return torch.stack([self.g, self.m, self.l])
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        return self.step(x, u, self.theta())
+
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        g, m, l = theta[..., 0], theta[..., 1], theta[..., 2]
+        cos_th, sin_th, dth = x[..., 0], x[..., 1], x[..., 2]
+        th = torch.atan2(sin_th, cos_th)
+        new_dth = dth + self.dt * (3.0 * g / (2.0 * l) * sin_th + 3.0 * u[..., 0] / (m * l**2))
+        new_th = th + new_dth * self.dt
+        return torch.stack([torch.cos(new_th), torch.sin(new_th), new_dth], -1)
+
+    def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        # Analytic linearization (the paper's section 4.6 idea: closed forms instead of
+        # autograd); checked against torch.func in tests/test_dynamics.py.
+        g, m, l = theta[..., 0], theta[..., 1], theta[..., 2]
+        c, s, dth = x[..., 0], x[..., 1], x[..., 2]
+        dt = self.dt
+        r2 = c * c + s * s
+        th = torch.atan2(s, c)
+        a = 3.0 * g / (2.0 * l)
+        b = 3.0 / (m * l**2)
+        new_dth = dth + dt * (a * s + b * u[..., 0])
+        new_th = th + new_dth * dt
+        cn, sn = torch.cos(new_th), torch.sin(new_th)
+        # d th / d(c, s) = (-s, c) / r2
+        dth_dc, dth_ds = -s / r2, c / r2
+        # new_dth derivatives w.r.t. (c, s, dth, u)
+        ndth = torch.stack(
+            [torch.zeros_like(c), dt * a.expand_as(c), torch.ones_like(c),
+             (dt * b).expand_as(c)], -1)
+        nth = torch.stack([dth_dc, dth_ds, torch.zeros_like(c), torch.zeros_like(c)], -1)
+        nth = nth + dt * ndth
+        F = torch.stack([-sn[..., None] * nth, cn[..., None] * nth, ndth], -2)
+        return torch.stack([cn, sn, new_dth], -1), F
+
+
+class CartPole(Dynamics):
+    """Cart-pole, identical to ``mpc.pytorch``'s ``CartpoleDx``.
+
+    State ``(x, xdot, cos th, sin th, thdot)`` (``th = 0`` upright), control force,
+    ``|u| <= 100``, parameters ``(g, m_cart, m_pole, l)``, ``dt = 0.05``, explicit Euler.
+    """
+
+    n_state = 5
+    n_ctrl = 1
+    u_lower = -100.0
+    u_upper = 100.0
+
+    def __init__(self, g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1,
+                 l: float = 0.5, dt: float = 0.05):
+        super().__init__()
+        self.g, self.m_cart, self.m_pole, self.l = _param(g), _param(m_cart), _param(m_pole), \
+            _param(l)
+        self.dt = float(dt)
+
+    def theta(self) -> Tensor:
+        return torch.stack([self.g, self.m_cart, self.m_pole, self.l])
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        return self.step(x, u, self.theta())
+
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
+        pos, vel, cos_th, sin_th, dth = x.unbind(-1)
+        total = mp + mc
+        pml = mp * l
+        th = torch.atan2(sin_th, cos_th)
+        cart_in = (u[..., 0] + pml * dth**2 * sin_th) / total
+        th_acc = (g * sin_th - cos_th * cart_in) / (l * (4.0 / 3.0 - mp * cos_th**2 / total))
+        x_acc = cart_in - pml * th_acc * cos_th / total
+        dt = self.dt
+        new_th = th + dt * dth
+        return torch.stack([pos + dt * vel, vel + dt * x_acc, torch.cos(new_th),
+                            torch.sin(new_th), dth + dt * th_acc], -1)
+
+
+class Rocket(Dynamics):
+    """6-DoF rocket of PDP / Safe-PDP (see ``ROCKET.md``), explicit Euler with ``dt = 0.1``.
+
+    State (13): position ``r`` (inertial x-axis up), velocity ``v``, scalar-first unit
+    quaternion ``q`` (body attitude), body rate ``w``. Control (3): body-frame thrust
+    ``(Tx, Ty, Tz)``, ``|T_i| <= 20``. Parameters ``(Jx, Jy, Jz, m, l)``; gravity
+    ``(-10, 0, 0)``; thrust acts at ``(-l/2, 0, 0)`` in the body frame. The quaternion is not
+    renormalized by the model (as in the original code); :class:`dilqr_rl.envs.RocketEnv`
+    renormalizes after each true step.
+    """
+
+    n_state = 13
+    n_ctrl = 3
+    u_lower = -20.0
+    u_upper = 20.0
+    gravity = 10.0
+
+    def __init__(self, Jx: float = 0.5, Jy: float = 1.0, Jz: float = 1.0, m: float = 1.0,
+                 l: float = 1.0, dt: float = 0.1):
+        super().__init__()
+        self.Jx, self.Jy, self.Jz = _param(Jx), _param(Jy), _param(Jz)
+        self.m, self.l = _param(m), _param(l)
+        self.dt = float(dt)
+
+    def theta(self) -> Tensor:
+        return torch.stack([self.Jx, self.Jy, self.Jz, self.m, self.l])
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        return self.step(x, u, self.theta())
+
+    @staticmethod
+    def dcm(q: Tensor) -> Tensor:
+        """Direction cosine matrix inertial -> body, ``q: (..., 4)`` -> ``(..., 3, 3)``."""
+        q0, q1, q2, q3 = q.unbind(-1)
+        rows = [
+            [1 - 2 * (q2**2 + q3**2), 2 * (q1 * q2 + q0 * q3), 2 * (q1 * q3 - q0 * q2)],
+            [2 * (q1 * q2 - q0 * q3), 1 - 2 * (q1**2 + q3**2), 2 * (q2 * q3 + q0 * q1)],
+            [2 * (q1 * q3 + q0 * q2), 2 * (q2 * q3 - q0 * q1), 1 - 2 * (q1**2 + q2**2)],
+        ]
+        return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+    def derivative(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        """Continuous-time ``xdot = f_c(x, u; theta)``, shapes as :meth:`step`."""
+        Jx, Jy, Jz, m, l = theta.unbind(-1)
+        v, q, w = x[..., 3:6], x[..., 6:10], x[..., 10:13]
+        q0, q1, q2, q3 = q.unbind(-1)
+        wx, wy, wz = w.unbind(-1)
+        Tx, Ty, Tz = u.unbind(-1)
+        # v_dot = C(q)^T T_B / m + g_I
+        C = self.dcm(q)
+        acc = (C.transpose(-1, -2) @ u[..., None])[..., 0] / m[..., None]
+        acc = acc + torch.stack([torch.full_like(Tx, -self.gravity), torch.zeros_like(Tx),
+                                 torch.zeros_like(Tx)], -1)
+        # q_dot = 1/2 Omega(w) q
+        dq = 0.5 * torch.stack([
+            -wx * q1 - wy * q2 - wz * q3,
+            wx * q0 + wz * q2 - wy * q3,
+            wy * q0 - wz * q1 + wx * q3,
+            wz * q0 + wy * q1 - wx * q2,
+        ], -1)
+        # w_dot = J^-1 (r_T x T_B - w x (J w)), r_T = (-l/2, 0, 0)
+        dw = torch.stack([
+            (Jy - Jz) * wy * wz / Jx,
+            ((l / 2) * Tz + (Jz - Jx) * wz * wx) / Jy,
+            (-(l / 2) * Ty + (Jx - Jy) * wx * wy) / Jz,
+        ], -1)
+        return torch.cat([v, acc, dq, dw], -1)
+
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        return x + self.dt * self.derivative(x, u, theta)
+
+
+def angle_to_state(theta: Tensor | float, dtheta: Tensor | float = 0.0) -> Tensor:
+    """Pendulum state ``(cos th, sin th, thdot)`` from an angle (helper for examples/tests)."""
+    th = torch.as_tensor(theta, dtype=torch.get_default_dtype())
+    dth = torch.as_tensor(dtheta, dtype=th.dtype).expand_as(th)
+    return torch.stack([torch.cos(th), torch.sin(th), dth], -1)
+

@@ -1,0 +1,179 @@
+"""Gradients of the converged iLQR solution: ``"implicit"`` (exact) and ``"last_lqr"`` (DiffMPC).
+
+Derivation (DESIGN.md, "The gradient"; the paper's eq. 8-12). At the fixed point
+``w* = (z*, lam*)`` the optimality (KKT) conditions hold:
+
+    R(w, theta) = [ grad_z c_t(z_t; phi) + F_t^T lam_{t+1} - [lam_t; 0]   (stationarity, t < T)
+                    grad_x c_T(x_T; phi) - lam_T                          (terminal)
+                    f(z_t; theta) - x_{t+1}                               (dynamics)
+                    x0 - x_0 ]                                            (initial state)
+                 = 0,
+
+with controls on a bound replaced by ``u_i - bound = 0``. Any Newton-type iLQR map has this
+fixed point, and the terms with the derivative of its step matrix vanish there, so by the
+implicit-function theorem ``dw/dtheta = -K^-1 dR/dtheta``, where ``K = dR/dw`` is the KKT matrix
+of an LQR with the *exact* Lagrangian Hessian
+
+    C~_t = hess c_t + sum_i lam_{t+1,i} hess f_i(z_t)        (the term iLQR drops).
+
+For an incoming gradient ``g = dL/dw`` (``dL/dx``, ``dL/du``), ``K [dz; nu] = [-g; 0]`` is the
+KKT system of the LQR ``min 1/2 dz^T C~ dz + g^T dz, dx_{t+1} = F_t dz_t, dx_0 = 0`` with the
+bound-active controls held at zero, so one Riccati pass (the forward's own code) gives
+``(dz, nu)``, and ``dL/dtheta = [dz; nu]^T dR/dtheta``: one autograd VJP of ``R`` at ``w*``. The
+cost is one LQR solve plus one linearization, whatever the number of iLQR iterations.
+
+``"last_lqr"`` (DiffMPC, Amos et al. 2018) differentiates the last LQR with its linearization
+held constant: the same computation with ``hess c`` in place of ``C~``. At the fixed point the
+direct dependence of that LQR's ``(F, f, C, c)`` on ``theta`` gives exactly the same
+``dR/dtheta`` (the ``- F z_bar`` of the affine term cancels ``F z``), so only the Hessian differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .cost import Cost, _pshape
+from .dynamics import Dynamics
+from .ilqr import ILQRConfig, Solution, ilqr_solve, linearize
+from .lqr import costates, lqr_solve
+
+__all__ = ["fixed_point_vjp", "solve_implicit", "GRAD_MODES"]
+
+GRAD_MODES = ("implicit", "last_lqr", "unroll")
+
+
+def kkt_pieces(dynamics: Dynamics, cost: Cost, x: Tensor, u: Tensor, theta: Tensor,
+               P: dict[str, Tensor], exact: bool = True):
+    """Linearization, multipliers and the (exact or Gauss-Newton) Hessian at a trajectory.
+
+    :param x: ``(B, T+1, n)``; :param u: ``(B, T, m)``; :param theta: ``(B, p)``
+    :return: ``F (B, T, n, n+m)``, ``H (B, T, n+m, n+m)``, ``CT (B, n, n)``,
+        ``lam (B, T+1, n)``, stage gradients ``c (B, T, n+m)``, terminal gradient ``cT (B, n)``
+    """
+    B, T, m = u.shape
+    n = x.shape[-1]
+    F = linearize(dynamics, x[:, :-1], u, theta)
+    c, C, cT, CT = cost.quadratize(x, u, P)
+    lam = costates(F, c, cT)
+    H = C
+    if exact:
+        th = theta[:, None].expand(B, T, theta.shape[-1]).reshape(B * T, -1)
+        Hf = dynamics.weighted_hessian(x[:, :-1].reshape(B * T, n), u.reshape(B * T, m), th,
+                                       lam[:, 1:].reshape(B * T, n))
+        H = C + Hf.reshape(B, T, n + m, n + m)
+    return F, H, CT, lam, c, cT
+
+
+def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
+                    P: dict[str, Tensor], x: Tensor, u: Tensor, free: Tensor,
+                    gx: Tensor, gu: Tensor, exact: bool = True
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """``dL/d(x0, theta, phi)`` of the converged solution for incoming ``dL/dx``, ``dL/du``.
+
+    :param x0: ``(B, n)``; :param theta: ``(B, p)``; :param P: cost parameters ``(B, ...)``
+    :param x: ``(B, T+1, n)``, :param u: ``(B, T, m)``: the fixed point
+    :param free: ``(B, T, m)`` bool, controls not on a bound
+    :param gx: ``(B, T+1, n)``; :param gu: ``(B, T, m)``
+    :param exact: ``True``: exact Lagrangian Hessian (DiLQR); ``False``: DiffMPC's
+    :return: gradients for ``x0 (B, n)``, ``theta (B, p)``, ``P`` (same shapes)
+    """
+    x, u = x.detach(), u.detach()
+    x0, theta = x0.detach(), theta.detach()
+    P = {k: v.detach() for k, v in P.items()}
+    B, T, m = u.shape
+    n = x.shape[-1]
+    with torch.no_grad():
+        F, H, CT, lam, _, _ = kkt_pieces(dynamics, cost, x, u, theta, P, exact)
+        gz = torch.cat([gx[:, :-1], gu], -1)
+        dx, du, dlam = lqr_solve(F, H, gz, CT, gx[:, -1], torch.zeros_like(x0), free=free)
+    # one VJP of the KKT residual, vector (dz, dlam); z*, lam* are constants here
+    with torch.enable_grad():
+        x0r = x0.clone().requires_grad_(True)
+        thr = theta.clone().requires_grad_(True)
+        Pr = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+        shapes = cost.param_shapes()
+        z = torch.cat([x[:, :-1], u], -1).requires_grad_(True)
+        xT = x[:, -1].clone().requires_grad_(True)
+        dz = torch.cat([dx[:, :-1], du], -1)
+        Pt = {k: _pshape(Pr, k, (B, T), s) for k, s in shapes.items()}
+        Pf = {k: _pshape(Pr, k, (B,), s) for k, s in shapes.items()}
+        stage = cost.stage(z[..., :n], z[..., n:], Pt).sum()
+        term = cost.terminal(xT, Pf).sum()
+        fz = dynamics.step(z[..., :n], z[..., n:], thr[:, None])
+        lagr = stage + (lam[:, 1:] * fz).sum()
+        g_z, g_T = torch.autograd.grad((lagr, term), (z, xT), create_graph=True)
+        S = (g_z * dz).sum() + (g_T * dx[:, -1]).sum() + (dlam[:, 1:] * fz).sum() + \
+            (dlam[:, 0] * x0r).sum()
+        names = list(Pr)
+        grads = torch.autograd.grad(S, [x0r, thr, *[Pr[k] for k in names]], allow_unused=True)
+    out = [torch.zeros_like(v) if g is None else g
+           for g, v in zip(grads, [x0, theta, *[P[k] for k in names]])]
+    return out[0], out[1], dict(zip(names, out[2:]))
+
+
+@dataclass
+class _Spec:
+    """Non-tensor inputs of the autograd Function."""
+
+    dynamics: Dynamics
+    cost: Cost
+    names: Sequence[str]
+    u_init: Tensor
+    lower: Tensor | None
+    upper: Tensor | None
+    config: ILQRConfig
+    exact: bool
+    solution: Any = None
+
+
+class _FixedPointFn(torch.autograd.Function):
+    """``(x0, theta, *phi) -> (x, u)`` of the converged iLQR, differentiated at the fixed point.
+
+    Backward: see the module docstring (one adjoint LQR + one VJP of the KKT residual).
+    """
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, x0: Tensor, theta: Tensor, *pvals: Tensor):
+        P = dict(zip(spec.names, pvals))
+        with torch.no_grad():
+            sol = ilqr_solve(spec.dynamics, spec.cost, x0, theta, P, spec.u_init, spec.lower,
+                             spec.upper, spec.config)
+        spec.solution = sol
+        ctx.spec = spec
+        ctx.save_for_backward(x0, theta, sol.x, sol.u, sol.free, sol.converged, *pvals)
+        return sol.x, sol.u
+
+    @staticmethod
+    def backward(ctx, gx: Tensor | None, gu: Tensor | None):
+        spec = ctx.spec
+        x0, theta, x, u, free, converged, *pvals = ctx.saved_tensors
+        gx = torch.zeros_like(x) if gx is None else gx
+        gu = torch.zeros_like(u) if gu is None else gu
+        if spec.config.on_unconverged == "detach":
+            # the user asked for it explicitly (ILQRConfig.on_unconverged): no gradient
+            # through samples that did not reach the fixed point
+            keep = converged.to(gx.dtype)
+            gx, gu = gx * keep[:, None, None], gu * keep[:, None, None]
+        g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta,
+                                      dict(zip(spec.names, pvals)), x, u, free, gx, gu,
+                                      exact=spec.exact)
+        return (None, g0, gth, *[gP[k] for k in spec.names])
+
+
+def solve_implicit(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
+                   P: dict[str, Tensor], u_init: Tensor, lower: Tensor | None,
+                   upper: Tensor | None, config: ILQRConfig, exact: bool = True
+                   ) -> tuple[Tensor, Tensor, Solution]:
+    """Solve and attach the fixed-point gradient. Shapes as :func:`dilqr_rl.ilqr.ilqr_solve`.
+
+    :return: ``x (B, T+1, n)``, ``u (B, T, m)`` (differentiable) and the raw :class:`Solution`
+    """
+    names = list(P)
+    spec = _Spec(dynamics, cost, names, u_init.detach(), lower, upper, config, exact)
+    x, u = _FixedPointFn.apply(spec, x0, theta, *[P[k] for k in names])
+    return x, u, spec.solution

@@ -1,0 +1,247 @@
+"""Batched box-constrained iLQR (the forward solve; no autograd graph unless ``grad="unroll"``).
+
+Each iteration (paper section 3): linearize the dynamics and quadratize the cost at all
+``B*T`` pairs in one vectorized call, run the Riccati pass with a projected-Newton box QP
+(:func:`dilqr_rl.lqr.lqr_backward`), then a line search whose candidate step sizes are rolled
+out through the true dynamics in one batched rollout (paper eq. 5). Levenberg-Marquardt
+regularization on ``Quu`` is adapted per sample; samples that converge stop changing and are
+dropped from the working batch. One host synchronisation per iteration (the convergence check).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .cost import Cost
+from .dynamics import Dynamics
+from .lqr import lqr_backward
+
+__all__ = ["ILQRConfig", "Solution", "ilqr_solve", "rollout", "linearize"]
+
+
+@dataclass(frozen=True)
+class ILQRConfig:
+    """Solver settings.
+
+    :param max_iter: iteration cap
+    :param tol: relative step tolerance: a sample converges when an accepted step moves the
+        controls by at most ``tol * (1 + max|u|)``. ``0`` never declares convergence, so exactly
+        ``max_iter`` iterations run (benchmarks compare at equal iteration counts this way).
+    :param mu_init: initial Levenberg-Marquardt regularization of ``Quu``
+    :param mu_min: regularization floor (the regularization decays towards it on success)
+    :param mu_max: a sample whose regularization exceeds this has stalled (not converged)
+    :param mu_factor: multiplicative increase / decrease of the regularization
+    :param n_alpha: number of line-search step sizes ``1, 1/2, ..., 2^-(n_alpha-1)``, all
+        evaluated in one batched rollout
+    :param armijo: accept a step whose actual decrease is at least this fraction of the
+        predicted one
+    :param boxqp_iters: projected-Newton iterations of the box QP (``m > 1`` only)
+    :param on_unconverged: what to do when samples have not converged after ``max_iter``:
+        ``"warn"`` (default), ``"raise"`` (``RuntimeError``) or ``"detach"`` (warn, and give
+        those samples no gradient). Never silent.
+    """
+
+    max_iter: int = 100
+    tol: float = 1e-7
+    mu_init: float = 1e-6
+    mu_min: float = 1e-9
+    mu_max: float = 1e10
+    mu_factor: float = 10.0
+    n_alpha: int = 8
+    armijo: float = 1e-4
+    boxqp_iters: int = 20
+    on_unconverged: Literal["warn", "raise", "detach"] = "warn"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"ILQRConfig.max_iter must be an int >= 1, got {self.max_iter!r}")
+        if not (self.tol >= 0 and math.isfinite(self.tol)):
+            raise ValueError(f"ILQRConfig.tol must be finite and >= 0, got {self.tol!r}")
+        if not 0 < self.mu_min <= self.mu_init < self.mu_max:
+            raise ValueError("ILQRConfig needs 0 < mu_min <= mu_init < mu_max, got "
+                             f"{self.mu_min}, {self.mu_init}, {self.mu_max}")
+        if self.mu_factor <= 1:
+            raise ValueError(f"ILQRConfig.mu_factor must be > 1, got {self.mu_factor}")
+        if self.n_alpha < 1 or self.boxqp_iters < 1:
+            raise ValueError("ILQRConfig.n_alpha and boxqp_iters must be >= 1")
+        if self.on_unconverged not in ("warn", "raise", "detach"):
+            raise ValueError("ILQRConfig.on_unconverged must be 'warn', 'raise' or 'detach', "
+                             f"got {self.on_unconverged!r}")
+
+
+@dataclass
+class Solution:
+    """The result of a solve.
+
+    :ivar x: states ``(B, T+1, n)`` (differentiable)
+    :ivar u: controls ``(B, T, m)`` (differentiable)
+    :ivar cost: trajectory cost ``(B,)`` (differentiable)
+    :ivar converged: ``(B,)`` bool
+    :ivar iterations: ``(B,)`` int64, iterations each sample ran
+    :ivar free: ``(B, T, m)`` bool, controls not on a bound at the solution
+    """
+
+    x: Tensor
+    u: Tensor
+    cost: Tensor
+    converged: Tensor
+    iterations: Tensor
+    free: Tensor
+
+
+def rollout(dynamics: Dynamics, x0: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+    """Open-loop rollout.
+
+    :param x0: ``(B, n)``; :param u: ``(B, T, m)``; :param theta: ``(B, p)``
+    :return: ``x (B, T+1, n)``
+    """
+    xs = [x0]
+    for t in range(u.shape[1]):
+        xs.append(dynamics.step(xs[-1], u[:, t], theta))
+    return torch.stack(xs, 1)
+
+
+def linearize(dynamics: Dynamics, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+    """Jacobians ``F (B, T, n, n+m)`` of all ``B*T`` steps in one vectorized call.
+
+    :param x: ``(B, T, n)`` (states ``x_0 .. x_{T-1}``); :param u: ``(B, T, m)``
+    :param theta: ``(B, p)``
+    """
+    B, T, n = x.shape
+    m = u.shape[-1]
+    th = theta[:, None].expand(B, T, theta.shape[-1]).reshape(B * T, -1)
+    _, F = dynamics.jacobians(x.reshape(B * T, n), u.reshape(B * T, m), th)
+    return F.reshape(B, T, n, n + m)
+
+
+def _take(P: dict[str, Tensor], idx: Tensor | None) -> dict[str, Tensor]:
+    return P if idx is None else {k: v[idx] for k, v in P.items()}
+
+
+def _repeat(P: dict[str, Tensor], A: int) -> dict[str, Tensor]:
+    return {k: v.unsqueeze(0).expand(A, *v.shape).reshape(A * v.shape[0], *v.shape[1:])
+            for k, v in P.items()}
+
+
+def _put(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
+    # out of place, so that grad="unroll" can record it
+    return part if idx is None else full.index_copy(0, idx, part)
+
+
+def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
+               P: dict[str, Tensor], u_init: Tensor, lower: Tensor | None,
+               upper: Tensor | None, config: ILQRConfig) -> Solution:
+    """Solve ``min_u J(u)`` by iLQR from ``u_init``.
+
+    Differentiable by unrolling when called with inputs that require grad under grad mode;
+    :class:`dilqr_rl.DiLQR` calls it under ``no_grad`` and differentiates the fixed point.
+
+    :param x0: ``(B, n)``; :param theta: dynamics parameters ``(B, p)``
+    :param P: cost parameters, values ``(B, ...)``
+    :param u_init: ``(B, T, m)`` initial controls (projected onto the box)
+    :param lower: ``(B, T, m)`` or ``None``; :param upper: ``(B, T, m)`` or ``None``
+    :return: :class:`Solution` (``cost`` undifferentiated here; the layer recomputes it)
+    """
+    B, T, m = u_init.shape
+    dev, dt = x0.device, x0.dtype
+    cfg = config
+    boxed = lower is not None
+    u = torch.minimum(torch.maximum(u_init, lower), upper) if boxed else u_init
+    x = rollout(dynamics, x0, u, theta)
+    J = cost.total(x, u, P)
+    mu = torch.full((B,), cfg.mu_init, dtype=dt, device=dev)
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    converged = torch.zeros(B, dtype=torch.bool, device=dev)
+    iterations = torch.zeros(B, dtype=torch.long, device=dev)
+    alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=dt, device=dev)
+    A = cfg.n_alpha
+    eps = torch.finfo(dt).eps
+    idx = None  # None: the whole batch is active
+
+    for _ in range(cfg.max_iter):
+        xs, us, Js, mus = (v if idx is None else v[idx] for v in (x, u, J, mu))
+        x0s, ths, Ps = (x0, theta, P) if idx is None else (x0[idx], theta[idx], _take(P, idx))
+        los = his = None
+        if boxed:
+            los, his = (lower, upper) if idx is None else (lower[idx], upper[idx])
+        b = us.shape[0]
+
+        # 1. linearize / quadratize all b*T pairs at once (paper sections 4.4-4.5)
+        F = linearize(dynamics, xs[:, :-1], us, ths)
+        c, C, cT, CT = cost.quadratize(xs, us, Ps)
+
+        # 2. Riccati pass with the box QP on Quu (Tassa et al. 2014)
+        gains = lqr_backward(F, C, c, CT, cT, mu=mus,
+                             lower=None if not boxed else los - us,
+                             upper=None if not boxed else his - us,
+                             boxqp_iters=cfg.boxqp_iters)
+
+        # 3. line search: all step sizes rolled out through the true dynamics at once
+        xa = x0s.unsqueeze(0).expand(A, b, x0s.shape[-1]).reshape(A * b, -1)
+        tha = ths.unsqueeze(0).expand(A, *ths.shape).reshape(A * b, -1)
+        xs_a, us_a = [xa], []
+        for t in range(T):
+            dx = (xa.reshape(A, b, -1) - xs[:, t])
+            ua = us[:, t] + alphas[:, None, None] * gains.k[:, t] + \
+                (gains.K[:, t] @ dx[..., None])[..., 0]
+            if boxed:
+                ua = torch.minimum(torch.maximum(ua, los[:, t]), his[:, t])
+            ua = ua.reshape(A * b, m)
+            xa = dynamics.step(xa, ua, tha)
+            xs_a.append(xa)
+            us_a.append(ua)
+        Xa = torch.stack(xs_a, 1)
+        Ua = torch.stack(us_a, 1)
+        Ja = cost.total(Xa, Ua, _repeat(Ps, A)).reshape(A, b)
+        expected = alphas[:, None] * gains.dV[:, 0] + alphas[:, None] ** 2 * gains.dV[:, 1]
+        actual = Ja - Js
+        # Accept a sufficient decrease; once the predicted decrease is below rounding, accept a
+        # full step that does not increase J beyond rounding (otherwise the search stalls
+        # near 1e-8 in u and the fixed point, hence the gradient, is inexact).
+        tiny = 100 * eps * (1 + Js.abs())
+        ok_a = (actual <= cfg.armijo * expected) & (expected < 0)
+        ok_a = ok_a | ((-expected <= tiny) & (actual <= tiny))
+        ok_a = ok_a & gains.ok & torch.isfinite(Ja)
+        accepted = ok_a.any(0)
+        first = torch.argmax(ok_a.to(torch.int8), 0)
+        pick = first * b + torch.arange(b, device=dev)  # Xa is (A*b) alpha-major
+        Xn, Un, Jn = Xa[pick], Ua[pick], Ja.reshape(-1)[pick]
+
+        step = (Un - us).abs().amax((1, 2))
+        acc3 = accepted[:, None, None]
+        xs_new = torch.where(acc3, Xn, xs)
+        us_new = torch.where(acc3, Un, us)
+        Js_new = torch.where(accepted, Jn, Js)
+        mus_new = torch.where(accepted, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
+                              mus * cfg.mu_factor)
+        if cfg.tol > 0:
+            conv = accepted & (step <= cfg.tol * (1 + us_new.abs().amax((1, 2))))
+        else:
+            conv = torch.zeros_like(accepted)
+        stalled = ~accepted & (mus_new > cfg.mu_max)
+
+        x, u = _put(x, idx, xs_new), _put(u, idx, us_new)
+        J, mu = _put(J, idx, Js_new), _put(mu, idx, mus_new)
+        ones = torch.ones(b, dtype=torch.long, device=dev)
+        iterations = iterations.index_add(0, idx, ones) if idx is not None else iterations + 1
+        converged = _put(converged, idx, conv)
+        active = _put(active, idx, ~conv & ~stalled)
+        # the one host synchronisation of the iteration
+        act_host = active.cpu()
+        if not bool(act_host.any()):
+            break
+        idx = None if bool(act_host.all()) else torch.nonzero(act_host)[:, 0].to(dev)
+
+    free = torch.ones_like(u, dtype=torch.bool)
+    if boxed:
+        # clamped controls sit exactly on the bound; allow a few ulps
+        above = torch.where(torch.isfinite(lower), u > lower + 4 * eps * (1 + lower.abs()), True)
+        below = torch.where(torch.isfinite(upper), u < upper - 4 * eps * (1 + upper.abs()), True)
+        free = above & below
+    return Solution(x=x, u=u, cost=J, converged=converged, iterations=iterations,
+                    free=free.detach())

@@ -1,0 +1,226 @@
+"""``DiLQR``: a box-constrained iLQR controller as a differentiable ``nn.Module``."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .cost import Cost, QuadraticCost
+from .dynamics import Dynamics
+from .grad import GRAD_MODES, solve_implicit
+from .ilqr import ILQRConfig, Solution, ilqr_solve
+
+__all__ = ["DiLQR", "NotConvergedError"]
+
+
+class NotConvergedError(RuntimeError):
+    """Raised when ``ILQRConfig.on_unconverged == "raise"`` and a sample did not converge."""
+
+
+def _check_finite(name: str, v: Tensor) -> None:
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+class DiLQR(nn.Module):
+    """Model-predictive iLQR controller with exact fixed-point gradients (DiLQR).
+
+    :param dynamics: a :class:`dilqr_rl.Dynamics` (its ``nn.Parameter`` s are learnable)
+    :param cost: a :class:`dilqr_rl.Cost` (its ``nn.Parameter`` s are learnable)
+    :param horizon: number of controls ``T >= 1``
+    :param u_lower: lower control bound: float, ``(m,)``, ``(T, m)`` or ``(B, T, m)``;
+        ``None`` takes the model's default bound; ``-inf`` means unbounded
+    :param u_upper: upper control bound, as ``u_lower``
+    :param config: :class:`dilqr_rl.ILQRConfig`
+    :param grad: ``"implicit"`` (exact fixed-point gradient, default), ``"last_lqr"``
+        (DiffMPC's approximation) or ``"unroll"`` (autodiff through every iteration)
+    """
+
+    def __init__(self, dynamics: Dynamics, cost: Cost, horizon: int,
+                 u_lower: float | Tensor | None = None, u_upper: float | Tensor | None = None,
+                 config: ILQRConfig | None = None, grad: str = "implicit"):
+        super().__init__()
+        if not isinstance(dynamics, Dynamics):
+            raise TypeError(f"dynamics must be a dilqr_rl.Dynamics, got {type(dynamics).__name__}")
+        if not isinstance(cost, Cost):
+            raise TypeError(f"cost must be a dilqr_rl.Cost, got {type(cost).__name__}")
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+        if grad not in GRAD_MODES:
+            raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+        if cost.n_state != dynamics.n_state or cost.n_ctrl != dynamics.n_ctrl:
+            raise ValueError(f"cost is for n={cost.n_state}, m={cost.n_ctrl} but dynamics has "
+                             f"n={dynamics.n_state}, m={dynamics.n_ctrl}")
+        self.dynamics, self.cost = dynamics, cost
+        self.horizon = horizon
+        self.config = config or ILQRConfig()
+        if not isinstance(self.config, ILQRConfig):
+            raise TypeError("config must be an ILQRConfig")
+        self.grad = grad
+        self.u_lower = dynamics.u_lower if u_lower is None else u_lower
+        self.u_upper = dynamics.u_upper if u_upper is None else u_upper
+        lo, hi = self._bounds(1, torch.float64, torch.device("cpu"))
+        if lo is not None and bool((lo > hi).any()):
+            raise ValueError("u_lower must be <= u_upper everywhere")
+        self._warm: Tensor | None = None
+
+    @property
+    def n_state(self) -> int:
+        return self.dynamics.n_state
+
+    @property
+    def n_ctrl(self) -> int:
+        return self.dynamics.n_ctrl
+
+    # ------------------------------------------------------------------ helpers
+    def _bounds(self, B: int, dtype, device) -> tuple[Tensor | None, Tensor | None]:
+        T, m = self.horizon, self.n_ctrl
+        out = []
+        for name, b, default in (("u_lower", self.u_lower, -math.inf),
+                                 ("u_upper", self.u_upper, math.inf)):
+            v = torch.as_tensor(default if b is None else b, dtype=dtype, device=device)
+            if v.dim() > 3 or (v.dim() >= 1 and v.shape[-1] not in (1, m)) or \
+                    (v.dim() >= 2 and v.shape[-2] not in (1, T)) or \
+                    (v.dim() == 3 and v.shape[0] not in (1, B)):
+                raise ValueError(f"{name} must be a float or broadcastable to (B, T, m) = "
+                                 f"({B}, {T}, {m}), got shape {tuple(v.shape)}")
+            if bool(torch.isnan(v).any()):
+                raise ValueError(f"{name} contains NaN")
+            out.append(v.expand(B, T, m))
+        lo, hi = out
+        if bool(torch.isinf(lo).all() & torch.isinf(hi).all()) and bool((lo < 0).all()) and \
+                bool((hi > 0).all()):
+            return None, None
+        return lo, hi
+
+    def _params(self, B: int, x0: Tensor, params: Tensor | None,
+                overrides: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        p = self.dynamics.n_params
+        if params is None:
+            theta = self.dynamics.theta().to(x0)
+        else:
+            if not isinstance(params, Tensor):
+                raise TypeError(f"params must be a Tensor, got {type(params).__name__}")
+            if not params.is_floating_point():
+                raise TypeError(f"params must be floating point, got {params.dtype}")
+            if params.shape not in ((p,), (B, p)):
+                raise ValueError(f"params must have shape ({p},) or (B, {p}) = ({B}, {p}), got "
+                                 f"{tuple(params.shape)}")
+            theta = params.to(x0)
+        _check_finite("params" if params is not None else "dynamics parameters", theta)
+        theta = theta.expand(B, p)
+        shapes = self.cost.param_shapes()
+        P = {}
+        for k, v in self.cost.params().items():
+            if k in overrides:
+                v = overrides[k]
+                if not isinstance(v, Tensor):
+                    raise TypeError(f"{k} must be a Tensor, got {type(v).__name__}")
+                s = shapes[k]
+                if tuple(v.shape) not in (s, (B, *s)):
+                    raise ValueError(f"{k} must have shape {s} or (B, ...) = {(B, *s)}, got "
+                                     f"{tuple(v.shape)}")
+            v = v.to(x0)
+            _check_finite(k, v)
+            P[k] = v.expand(B, *shapes[k])
+        unknown = set(overrides) - set(shapes)
+        if unknown:
+            raise TypeError(f"unknown cost parameter override(s) {sorted(unknown)}; this cost "
+                            f"has {sorted(shapes)}")
+        if isinstance(self.cost, QuadraticCost):
+            Ruu = self.cost.control_hessian(P)
+            if not bool((torch.linalg.cholesky_ex(Ruu.detach())[1] == 0).all()):
+                raise ValueError("the control weights of the cost must be positive definite "
+                                 "(weights[n:] > 0, or C[n:, n:] positive definite)")
+        return theta, P
+
+    # ------------------------------------------------------------------ API
+    def forward(self, x0: Tensor, params: Tensor | None = None, u_init: Tensor | None = None,
+                cost_params: Mapping[str, Tensor] | None = None, **cost_overrides: Tensor
+                ) -> Solution:
+        """Solve from ``x0``.
+
+        :param x0: initial states ``(B, n)`` (or ``(n,)``, treated as ``B = 1``); the solve runs
+            in ``x0``'s dtype and device
+        :param params: dynamics parameters ``(p,)`` or per sample ``(B, p)``; default the
+            module's own
+        :param u_init: warm start ``(B, T, m)`` or ``(T, m)``; default zeros
+        :param cost_params: cost parameter overrides by name, each ``shape`` or ``(B, *shape)``
+        :param cost_overrides: the same as keywords, e.g. ``weights=``, ``goal=``
+        :return: :class:`dilqr_rl.Solution`
+        """
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"x0 must be a Tensor, got {type(x0).__name__}")
+        if x0.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"x0 must be float32 or float64, got {x0.dtype}")
+        n, m, T = self.n_state, self.n_ctrl, self.horizon
+        if x0.dim() == 1:
+            x0 = x0[None]
+        if x0.dim() != 2 or x0.shape[-1] != n:
+            raise ValueError(f"x0 must have shape (B, {n}) or ({n},), got {tuple(x0.shape)}")
+        _check_finite("x0", x0)
+        B = x0.shape[0]
+        overrides = dict(cost_params or {}, **cost_overrides)
+        theta, P = self._params(B, x0, params, overrides)
+        lower, upper = self._bounds(B, x0.dtype, x0.device)
+        if u_init is None:
+            u_init = torch.zeros(B, T, m, dtype=x0.dtype, device=x0.device)
+        else:
+            if not isinstance(u_init, Tensor):
+                raise TypeError("u_init must be a Tensor")
+            if u_init.shape not in ((T, m), (B, T, m)):
+                raise ValueError(f"u_init must have shape ({T}, {m}) or ({B}, {T}, {m}), got "
+                                 f"{tuple(u_init.shape)}")
+            u_init = u_init.detach().to(x0).expand(B, T, m)
+            _check_finite("u_init", u_init)
+
+        if self.grad == "unroll":
+            sol = ilqr_solve(self.dynamics, self.cost, x0, theta, P, u_init, lower, upper,
+                             self.config)
+            x, u = sol.x, sol.u
+        else:
+            x, u, sol = solve_implicit(self.dynamics, self.cost, x0, theta, P, u_init, lower,
+                                       upper, self.config, exact=self.grad == "implicit")
+        self._report(sol)
+        return Solution(x=x, u=u, cost=self.cost.total(x, u, P), converged=sol.converged,
+                        iterations=sol.iterations, free=sol.free)
+
+    def _report(self, sol: Solution) -> None:
+        if self.config.tol == 0:
+            return  # a fixed iteration count was asked for
+        bad = int((~sol.converged).sum())
+        if bad == 0:
+            return
+        msg = (f"DiLQR: {bad} of {sol.converged.numel()} samples did not converge in "
+               f"{self.config.max_iter} iterations (tol={self.config.tol}); their gradient is "
+               "taken at a point that is not a fixed point")
+        if self.config.on_unconverged == "raise":
+            raise NotConvergedError(msg)
+        if self.config.on_unconverged == "detach":
+            msg = msg.replace("their gradient is taken at a point that is not a fixed point",
+                              "they get no gradient (on_unconverged='detach')")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def act(self, x0: Tensor, **kwargs) -> Tensor:
+        """Receding-horizon control: solve from ``x0`` warm-started with the previous solution
+        shifted by one step, and return the first control ``(B, m)``.
+
+        :param x0: ``(B, n)``; other keywords as :meth:`forward`
+        """
+        x0b = x0[None] if x0.dim() == 1 else x0
+        warm = self._warm
+        if warm is not None and (warm.shape[0] != x0b.shape[0] or warm.dtype != x0b.dtype
+                                 or warm.device != x0b.device):
+            warm = None
+        sol = self.forward(x0b, u_init=warm, **kwargs)
+        u = sol.u.detach()
+        self._warm = torch.cat([u[:, 1:], u[:, -1:]], 1)
+        return sol.u[:, 0] if x0.dim() == 2 else sol.u[0, 0]
+
+    def reset(self) -> None:
+        """Forget the warm start used by :meth:`act`."""
+        self._warm = None
