@@ -1,0 +1,285 @@
+"""Shared machinery of the environments: true parameters, domain randomization, stepping a
+:class:`dilqr_rl.Dynamics` module, action scaling and rendering.
+
+A subclass names its dynamics class and parameters, samples initial states, computes the
+task cost and poses its render scene; everything else (validation, seeding, ``info``) is here
+so the three envs behave identically.
+
+Actions: the action space is the normalized box ``[-1, 1]^m`` (what Gymnasium's and SB3's
+checkers ask for); the control applied to the system is ``u = u_max * clip(a, -1, 1)``, with
+``u_max`` the model's control bound. :meth:`DynamicsEnv.control_to_action` maps a
+controller's ``u`` (e.g. ``DiLQR.act``) to an action. ``normalize_actions=False`` makes the
+action space the physical control box instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from dilqr_rl.dynamics import Dynamics
+
+from .rendering import SceneRenderer, check_human_render, display_available
+
+__all__ = ["DynamicsEnv"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Base class: a Gymnasium env whose true system is a :class:`dilqr_rl.Dynamics` module.
+
+    Subclasses set the class attributes below and implement :meth:`_sample_state`,
+    :meth:`_cost`, :meth:`_scene_xml` and :meth:`_pose_scene`.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"],
+                                          "render_fps": 20}
+    #: the model class; its ``theta()`` order is the order of ``param_defaults``
+    dynamics_cls: ClassVar[type[Dynamics]]
+    #: true parameter names and default values (all must be > 0 unless in ``nonnegative``)
+    param_defaults: ClassVar[dict[str, float]]
+    #: parameters that may be 0 (e.g. damping)
+    nonnegative: ClassVar[frozenset[str]] = frozenset()
+    #: ``(low, high)`` of each observation component; ``None`` = unbounded (float32 max)
+    obs_bounds: ClassVar[list[tuple[float, float] | None]]
+    default_dt: ClassVar[float]
+
+    def __init__(self, params: Mapping[str, float], *, dt: float | None = None,
+                 randomize: Mapping[str, tuple[float, float]] | None = None,
+                 render_mode: str | None = None, normalize_actions: bool = True,
+                 render_width: int = 480, render_height: int = 480,
+                 unknown: Mapping[str, Any] | None = None):
+        if unknown:
+            raise ValueError(
+                f"unknown argument(s) {sorted(unknown)} for {type(self).__name__}; its physical "
+                f"parameters are {list(self.param_defaults)} (plus dt, randomize, render_mode, "
+                "normalize_actions, render_width, render_height)")
+        self.params = self._check_params(params, "parameter")
+        self.randomize = self._check_randomize(randomize)
+        self.dt = self.default_dt if dt is None else float(dt)
+        if not (math.isfinite(self.dt) and self.dt > 0):
+            raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or "
+                             f"None, got {render_mode!r}")
+        if render_mode == "human":
+            check_human_render()
+        self.render_mode = render_mode
+        self.render_width, self.render_height = int(render_width), int(render_height)
+        # The modes this instance can produce (no window without a display), and its frame rate
+        self.metadata = dict(self.metadata, render_fps=int(round(1.0 / self.dt)))
+        if not display_available():
+            self.metadata["render_modes"] = ["rgb_array"]
+
+        self.dynamics = self.dynamics_cls(dt=self.dt)
+        n, m = self.dynamics.n_state, self.dynamics.n_ctrl
+        self.u_max = np.full(m, float(self.dynamics.u_upper), dtype=np.float64)
+        self.normalize_actions = bool(normalize_actions)
+        if self.normalize_actions:
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(m,), dtype=np.float32)
+        else:
+            self.action_space = spaces.Box(-self.u_max.astype(np.float32),
+                                           self.u_max.astype(np.float32), dtype=np.float32)
+        lo = np.array([-_F32_MAX if b is None else b[0] for b in self.obs_bounds], np.float32)
+        hi = np.array([_F32_MAX if b is None else b[1] for b in self.obs_bounds], np.float32)
+        assert lo.shape == (n,)
+        self.observation_space = spaces.Box(lo, hi, dtype=np.float32)
+
+        self.episode_params: dict[str, float] = dict(self.params)
+        self._theta = self._make_theta(self.episode_params)
+        self._x = torch.zeros(n, dtype=torch.float64)
+        self._renderer: SceneRenderer | None = None
+        self._scene_key: Any = None
+
+    # ------------------------------------------------------------------ parameters
+    def _check_params(self, params: Mapping[str, Any], what: str,
+                      base: Mapping[str, float] | None = None) -> dict[str, float]:
+        out = dict(self.param_defaults if base is None else base)
+        for k, v in params.items():
+            if k not in self.param_defaults:
+                raise ValueError(f"unknown {what} {k!r} for {type(self).__name__}; valid names: "
+                                 f"{list(self.param_defaults)}")
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{what} {k!r} must be a number, got {v!r}") from None
+            if k in self.nonnegative:
+                if not (math.isfinite(f) and f >= 0):
+                    raise ValueError(f"{what} {k!r} must be a finite number >= 0, got {v!r}")
+            elif not (math.isfinite(f) and f > 0):
+                raise ValueError(f"{what} {k!r} must be a finite number > 0, got {v!r}")
+            out[k] = f
+        return out
+
+    def _check_randomize(self, randomize: Mapping[str, Any] | None
+                         ) -> dict[str, tuple[float, float]]:
+        out: dict[str, tuple[float, float]] = {}
+        for k, rng in (randomize or {}).items():
+            if k not in self.param_defaults:
+                raise ValueError(f"unknown parameter {k!r} in randomize for "
+                                 f"{type(self).__name__}; valid names: "
+                                 f"{list(self.param_defaults)}")
+            try:
+                lo, hi = (float(r) for r in rng)
+            except (TypeError, ValueError):
+                raise ValueError(f"randomize[{k!r}] must be a (low, high) pair, got {rng!r}"
+                                 ) from None
+            self._check_params({k: lo}, f"randomize[{k!r}] low")
+            self._check_params({k: hi}, f"randomize[{k!r}] high")
+            if lo > hi:
+                raise ValueError(f"randomize[{k!r}] needs low <= high, got ({lo}, {hi})")
+            out[k] = (lo, hi)
+        return out
+
+    def _make_theta(self, params: Mapping[str, float]) -> torch.Tensor:
+        names = self.dynamics.param_names()
+        return torch.tensor([params[k] for k in names], dtype=torch.float64)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """The current true parameter vector ``(p,)`` (float64), in the model's order."""
+        return self._theta.clone()
+
+    @property
+    def state(self) -> np.ndarray:
+        """The current model state ``(n,)`` in float64."""
+        return self._x.numpy().copy()
+
+    # ------------------------------------------------------------------ actions
+    def action_to_control(self, action: np.ndarray) -> np.ndarray:
+        """The control ``u (m,)`` (float64) applied for ``action``: clipped to the action box
+        (the Gymnasium way: an out-of-box action is clipped, not rejected) and scaled."""
+        a = np.asarray(action, dtype=np.float64).reshape(self.action_space.shape)
+        if np.isnan(a).any():
+            raise ValueError(f"action contains NaN: {action!r}; {type(self).__name__} needs a "
+                             "finite action")
+        a = np.clip(a, self.action_space.low, self.action_space.high)
+        return a * self.u_max if self.normalize_actions else a
+
+    def control_to_action(self, u: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The action (float32) whose control is ``u`` (e.g. the output of ``DiLQR.act``)."""
+        if isinstance(u, torch.Tensor):
+            u = u.detach().cpu().numpy()
+        u = np.asarray(u, dtype=np.float64).reshape(self.action_space.shape)
+        a = u / self.u_max if self.normalize_actions else u
+        return np.clip(a, self.action_space.low, self.action_space.high).astype(np.float32)
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode.
+
+        :param seed: seeds ``self.np_random`` (initial state and parameter randomization)
+        :param options: ``{"params": {...}}`` sets true parameters for this episode (on top of
+            the constructor's, overriding randomization); ``{"state": x0}`` sets the initial
+            model state ``(n,)``
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"params", "state"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: 'params', "
+                             "'state'")
+        params = dict(self.params)
+        for k, (lo, hi) in self.randomize.items():
+            params[k] = float(self.np_random.uniform(lo, hi))
+        params = self._check_params(options.get("params") or {}, "parameter", base=params)
+        self.episode_params = params
+        self._theta = self._make_theta(params)
+        if options.get("state") is not None:
+            x0 = np.asarray(options["state"], dtype=np.float64)
+            if x0.shape != self.observation_space.shape or not np.isfinite(x0).all():
+                raise ValueError(f"options['state'] must be a finite array of shape "
+                                 f"{self.observation_space.shape}, got {options['state']!r}")
+        else:
+            x0 = self._sample_state()
+        self._set_state(x0)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        u = self.action_to_control(action)
+        cost = self._cost(self._x.numpy(), u)
+        self._advance(u)
+        x = self._x.numpy()
+        if not np.isfinite(x).all():
+            raise RuntimeError(f"{type(self).__name__}: the state became non-finite ({x}); "
+                               f"parameters {self.episode_params}")
+        terminated, extra = self._terminal(x)
+        info = self._info()
+        info.update(extra, control=u)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), -float(cost + extra.get("terminal_cost", 0.0)), terminated, False, \
+            info
+
+    def _advance(self, u: np.ndarray) -> None:
+        """One true step of the model (float64, no autograd)."""
+        with torch.no_grad():
+            self._x = self.dynamics.step(self._x, torch.from_numpy(u), self._theta)
+
+    def _set_state(self, x0: np.ndarray) -> None:
+        self._x = torch.as_tensor(x0, dtype=torch.float64).clone()
+
+    def _obs(self) -> np.ndarray:
+        return self._x.numpy().astype(np.float32)
+
+    def _info(self) -> dict[str, Any]:
+        return {"params": dict(self.episode_params)}
+
+    def _terminal(self, x: np.ndarray) -> tuple[bool, dict[str, Any]]:
+        """``(terminated, extra info)`` after a step; default: never terminates."""
+        return False, {}
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _sample_state(self) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _cost(self, x: np.ndarray, u: np.ndarray) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _scene_xml(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _pose_scene(self, scene: SceneRenderer) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    _camera: ClassVar[dict[str, Any]] = {"lookat": (0, 0, 0), "distance": 4.0,
+                                         "azimuth": 90.0, "elevation": -10.0}
+
+    # ------------------------------------------------------------------ rendering
+    def _scene(self) -> SceneRenderer:
+        key = tuple(sorted(self.episode_params.items()))
+        if self._renderer is None or key != self._scene_key:
+            if self._renderer is not None:
+                self._renderer.close()
+            self._renderer = SceneRenderer(self._scene_xml(), self.render_width,
+                                           self.render_height, self._camera)
+            self._scene_key = key
+        return self._renderer
+
+    def render(self) -> np.ndarray | None:
+        """``rgb_array``: an ``(H, W, 3) uint8`` frame; ``human``: update the window."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode="
+                            "'rgb_array' to the constructor or gym.make")
+            return None
+        scene = self._scene()
+        self._pose_scene(scene)
+        if self.render_mode == "rgb_array":
+            return scene.render()
+        scene.show()
+        return None
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

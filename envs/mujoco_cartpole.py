@@ -1,0 +1,74 @@
+"""Cart-pole swing-up whose true system is a MuJoCo model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .cartpole import CartPoleEnv
+from .mjcf import cartpole_mjcf
+from .mujoco_base import MujocoSimMixin
+
+__all__ = ["MujocoCartPoleEnv"]
+
+
+class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
+    """## Description
+
+    :class:`CartPoleEnv` (same task, observation, action, reward, starting state) with a
+    MuJoCo model as the true system: a cart of mass ``m_cart`` on a rail, a uniform pole of
+    mass ``m_pole`` and half-length ``l``, viscous ``damping`` on both joints, gravity ``g``,
+    simulated with ``integrator`` at ``dt / n_substeps``; the force is held for ``dt``. The
+    analytic :class:`dilqr_rl.CartPole` is the same physics (the MJCF reproduces its
+    accelerations to float precision, tested) integrated by one explicit Euler step of ``dt``
+    and without damping, so it is only approximately right.
+
+    How close (measured, ``tests/test_envs.py::test_mujoco_gap``): GAP_PLACEHOLDER
+
+    ## Arguments
+
+    ``gymnasium.make("dilqr_rl/MujocoCartPole-v0", g=9.8, m_cart=1.0, m_pole=0.1, l=0.5,
+    damping=0.0)``
+
+    - ``g``, ``m_cart``, ``m_pole``, ``l``: as :class:`CartPoleEnv`; ``damping`` (>= 0) joint
+      damping. All may be randomized per episode and set by ``reset(options={"params": ...})``.
+    - ``dt``: control period (default 0.05); ``n_substeps`` (default 10) MuJoCo steps per
+      control period; ``integrator``: MuJoCo's ``"RK4"`` (default), ``"Euler"``,
+      ``"implicit"`` or ``"implicitfast"``
+    - ``randomize``, ``render_mode``, ``normalize_actions``, ``render_width``,
+      ``render_height``: as :class:`CartPoleEnv`
+
+    ## Version History
+
+    - v0: initial version
+    """
+
+    param_defaults: ClassVar[dict[str, float]] = {"g": 9.8, "m_cart": 1.0, "m_pole": 0.1,
+                                                  "l": 0.5, "damping": 0.0}
+
+    def __init__(self, g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1,
+                 l: float = 0.5, damping: float = 0.0, *, dt: float | None = None,
+                 n_substeps: int = 10, integrator: str = "RK4",
+                 randomize: Mapping[str, tuple[float, float]] | None = None,
+                 render_mode: str | None = None, normalize_actions: bool = True,
+                 render_width: int = 480, render_height: int = 480, **unknown: Any):
+        super(CartPoleEnv, self).__init__(
+            {"g": g, "m_cart": m_cart, "m_pole": m_pole, "l": l, "damping": damping}, dt=dt,
+            randomize=randomize, render_mode=render_mode, normalize_actions=normalize_actions,
+            render_width=render_width, render_height=render_height, unknown=unknown)
+        self._init_sim(n_substeps, integrator)
+
+    def _sim_xml(self, timestep: float) -> str:
+        p = self.episode_params
+        return cartpole_mjcf(g=p["g"], m_cart=p["m_cart"], m_pole=p["m_pole"], l=p["l"],
+                             damping=p["damping"], timestep=timestep,
+                             integrator=self.integrator)
+
+    def _state_to_q(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([x[0], math.atan2(x[3], x[2])]), np.array([x[1], x[4]])
+
+    def _q_to_state(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        return np.array([qpos[0], qvel[0], math.cos(qpos[1]), math.sin(qpos[1]), qvel[1]])
