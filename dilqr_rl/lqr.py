@@ -92,7 +92,12 @@ def box_qp(H: Tensor, g: Tensor, lower: Tensor, upper: Tensor, x_init: Tensor | 
         first = torch.argmax(armijo.to(torch.int8), 0)
         anyok = armijo.any(0)
         xn = xa.gather(0, first[None, :, None].expand(1, *x.shape))[0]
+        moved = anyok & (xn != x).any(-1)
         x = torch.where(anyok[:, None], xn, x)
+        # On the CPU a host check is free, so stop as soon as no sample moves; on an
+        # accelerator the fixed iteration count avoids a synchronisation per iteration.
+        if x.device.type == "cpu" and not bool(moved.any()):
+            break
     grad = g + (H @ x[..., None])[..., 0]
     clamped = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
     return x, ~clamped, ok

@@ -1,0 +1,138 @@
+"""Fixed-point gradients against finite differences of the converged solution (float64)."""
+
+import pytest
+import torch
+
+import dilqr_rl as dl
+
+from .problems import CFG, F64, cartpole, fd_check, pendulum, rocket
+
+KINDS_PENDULUM = ["x0", "g", "m", "l", "weights", "goal", "terminal_weights"]
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_implicit_pendulum(bounded):
+    errors, sol = fd_check(*pendulum(bounded=bounded))
+    free = sol.free
+    if bounded:
+        assert (~free).any() and free.any(), "problem must have both active and free controls"
+    else:
+        assert free.all()
+    assert set(KINDS_PENDULUM) <= set(errors)
+    for k, e in errors.items():
+        assert e <= 1e-6, (k, e)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_implicit_cartpole(bounded):
+    errors, sol = fd_check(*cartpole(bounded=bounded), directions=("weights", "goal"))
+    if bounded:
+        assert (~sol.free).any() and sol.free.any()
+    for k, e in errors.items():
+        assert e <= 1e-6, (k, e)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_implicit_rocket(bounded):
+    errors, sol = fd_check(*rocket(bounded=bounded),
+                           directions=("x0", "weights", "goal", "terminal_weights"))
+    if bounded:
+        assert (~sol.free).any() and sol.free.any()
+    assert {"Jx", "Jy", "Jz", "m", "l"} <= set(errors)
+    for k, e in errors.items():
+        assert e <= 1e-6, (k, e)
+
+
+def test_last_lqr_differs_measurably():
+    """DiffMPC's gradient drops the second-order dynamics term: on the (nonlinear) pendulum
+    swing-up its error against finite differences is orders of magnitude above ours."""
+    prob = pendulum(bounded=False)
+    exact, _ = fd_check(*prob)
+    approx, _ = fd_check(*prob, grad="last_lqr")
+    for k in ("x0", "g", "m", "l", "weights", "goal"):
+        assert approx[k] > 1e-4, (k, approx[k])  # measured ~1e-3 .. 1e-2
+        assert approx[k] > 100 * exact[k], (k, approx[k], exact[k])
+
+
+def _grads(grad, max_iter, prob):
+    dyn, cost, x0, T, lo, hi = prob
+    cfg = dl.ILQRConfig(max_iter=max_iter, tol=0.0)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=lo, u_upper=hi, config=cfg, grad=grad)
+    sol = ctrl(x0)
+    gen = torch.Generator().manual_seed(3)
+    loss = (torch.randn(sol.u.shape, generator=gen, dtype=F64) * sol.u).sum()
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, dyn.parameters())])
+
+
+def test_unroll_approaches_implicit():
+    prob = pendulum(T=10, bounded=False, angles=(1.0, 0.5))
+    implicit = _grads("implicit", 300, prob)
+    errs = [((_grads("unroll", k, prob) - implicit).norm() / implicit.norm()).item()
+            for k in (2, 5, 40)]
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[0] > 1e-3 and errs[2] < 1e-8, errs
+
+
+def test_batch_one_and_per_sample_params():
+    dyn, cost, x0, T, lo, hi = pendulum(bounded=False)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=lo, u_upper=hi, config=CFG)
+    theta = torch.tensor([[10.0, 1.0, 1.0], [9.0, 1.5, 0.8], [11.0, 0.7, 1.2]], dtype=F64,
+                         requires_grad=True)
+    sol = ctrl(x0, params=theta)
+    assert sol.converged.all()
+    g = torch.autograd.grad(sol.u.square().sum(), theta)[0]
+    # each row equals the batch-of-one solve with that sample's parameters
+    for i in range(3):
+        th = theta[i].detach().clone().requires_grad_(True)
+        s1 = ctrl(x0[i : i + 1], params=th)
+        assert s1.u.shape == (1, T, 1)
+        torch.testing.assert_close(s1.u[0], sol.u[i], rtol=1e-9, atol=1e-10)
+        g1 = torch.autograd.grad(s1.u.square().sum(), th)[0]
+        torch.testing.assert_close(g1, g[i], rtol=1e-7, atol=1e-9)
+
+
+def test_per_sample_cost_overrides_match_fd():
+    dyn, cost, x0, T, lo, hi = pendulum(bounded=False)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=lo, u_upper=hi, config=CFG)
+    goal = cost.goal.detach().expand(3, 4).clone()
+    goal[:, 2] = torch.tensor([0.0, 0.3, -0.2])
+    goal.requires_grad_(True)
+    sol = ctrl(x0, goal=goal)
+    g = torch.autograd.grad(sol.u.sum(), goal)[0]
+    h = 1e-6
+    for i in range(3):
+        e = torch.zeros_like(goal)
+        e[i, 2] = h
+        with torch.no_grad():
+            up = ctrl(x0, goal=goal + e, u_init=sol.u).u.sum()
+            dn = ctrl(x0, goal=goal - e, u_init=sol.u).u.sum()
+        assert abs((up - dn) / (2 * h) - g[i, 2]) <= 1e-6 * abs(g[i, 2]) + 1e-9
+
+
+def test_float32_matches_float64():
+    dyn, cost, x0, T, lo, hi = pendulum(T=10, bounded=False, angles=(0.8, 0.4))
+    grads = {}
+    for dt in (torch.float32, torch.float64):
+        d = dl.Pendulum().to(dt)
+        ctrl = dl.DiLQR(d, cost, horizon=T, u_lower=lo, u_upper=hi,
+                        config=dl.ILQRConfig(max_iter=100, tol=1e-5 if dt == torch.float32
+                                             else 1e-12))
+        sol = ctrl(x0.to(dt))
+        assert sol.converged.all(), dt
+        assert sol.u.dtype == dt
+        loss = sol.u.square().sum()
+        grads[dt] = torch.autograd.grad(loss, list(d.parameters()))
+    for a, b in zip(grads[torch.float32], grads[torch.float64], strict=True):
+        assert abs(a.double() - b).item() <= 1e-3 * max(1.0, abs(b).item()), (a, b)
+
+
+def test_detach_mode_gives_no_gradient_to_unconverged():
+    dyn, cost, x0, T, lo, hi = pendulum(bounded=True)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=lo, u_upper=hi,
+                    config=dl.ILQRConfig(max_iter=2, tol=1e-12, on_unconverged="detach"))
+    x0 = x0.clone().requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="no gradient"):
+        sol = ctrl(x0)
+    assert not sol.converged.any()
+    (g,) = torch.autograd.grad(sol.u.sum(), x0)
+    assert torch.count_nonzero(g) == 0
