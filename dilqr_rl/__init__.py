@@ -21,3 +21,15 @@ __all__ = [
     "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout",
 ]
 __version__ = "0.1.0"
+
+
+def _register_envs() -> None:
+    """Register the ``dilqr_rl/`` Gymnasium ids when Gymnasium is installed (entry points are
+    strings, so no env module and no ``mujoco`` is imported here)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gymnasium") is not None:
+        from . import envs  # noqa: F401  (registers on import)
+
+
+_register_envs()

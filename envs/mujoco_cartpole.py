@@ -26,7 +26,15 @@ class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
     accelerations to float precision, tested) integrated by one explicit Euler step of ``dt``
     and without damping, so it is only approximately right.
 
-    How close (measured, ``tests/test_envs.py::test_mujoco_gap``): GAP_PLACEHOLDER
+    How close (measured with ``n_substeps=10``, RK4, at matched parameters, no damping; 20
+    episodes of 20 steps = 1 s from the env's starting states under uniform random forces;
+    asserted with a margin in ``tests/test_envs.py::test_mujoco_gap``): with ``|u| <= 20`` N
+    the analytic one-step prediction is off by at most ``0.025`` m in ``x``, ``0.04`` in
+    ``cos th`` / ``sin th`` and ``0.12`` rad/s in ``thdot``, and run open loop for 1 s it
+    drifts by up to ``0.13`` m, ``0.28`` in ``cos``/``sin`` and ``1.1`` rad/s. With the full
+    ``|u| <= 100`` N the one-step error reaches ``1.3`` m/s in ``xdot`` and ``2.6`` rad/s in
+    ``thdot``: explicit Euler at ``dt = 0.05`` is a poor model of violent motion, which is
+    exactly the gap a learned model has to close.
 
     ## Arguments
 

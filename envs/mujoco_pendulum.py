@@ -25,13 +25,14 @@ class MujocoPendulumEnv(MujocoSimMixin, PendulumEnv):
     a controller uses is then only approximately right: it is one semi-implicit Euler step of
     ``dt`` and has no damping.
 
-    How close (measured, ``tests/test_envs.py::test_mujoco_gap``): at matched parameters and
-    no damping, over 1 s (20 steps) of open-loop motion from ``|th| <= pi``, ``|thdot| <= 1``
-    under ``|u| <= 2``, the one-step prediction error of the analytic model is at most about
-    ``0.02`` in ``(cos, sin)`` and ``0.1`` rad/s in ``thdot``; the open-loop trajectories
-    drift apart by up to about ``0.3`` rad in angle. With ``n_substeps=1`` and
+    How close (measured with ``n_substeps=10``, RK4, at matched parameters, no damping; 20
+    episodes of 20 steps = 1 s from the env's starting states under uniform random torques
+    ``|u| <= 2``; asserted with a margin in ``tests/test_envs.py::test_mujoco_gap``): the
+    analytic model's one-step prediction from the MuJoCo state is off by at most ``0.025``
+    in ``cos th`` / ``sin th`` and ``0.15`` rad/s in ``thdot``; run open loop for 1 s it drifts
+    by up to ``0.3`` in ``cos``/``sin`` and ``0.3`` rad/s. With ``n_substeps=1`` and
     ``integrator="Euler"`` MuJoCo integrates exactly the analytic model (equal to float
-    precision).
+    precision, tested), which checks that the MJCF is the same pendulum.
 
     ## Arguments
 
