@@ -153,8 +153,12 @@ class RocketEnv(DynamicsEnv):
         return x
 
     def _cost(self, x: np.ndarray, u: np.ndarray) -> float:
-        return float(rocket_stage_cost(torch.from_numpy(x), torch.from_numpy(u),
-                                       torch.from_numpy(self._weights)))
+        # rocket_stage_cost in numpy (per-step speed); equality is tested
+        w_r, w_v, w_tilt, w_w, w_side, w_thrust = self._weights
+        q0, q1, q2, q3 = x[6:10]
+        tilt_q = 4 * (q1 * q2 + q0 * q3) ** 2 + 4 * (q1 * q3 - q0 * q2) ** 2
+        return float(w_r * x[0:3] @ x[0:3] + w_v * x[3:6] @ x[3:6] + w_w * x[10:13] @ x[10:13]
+                     + w_tilt * tilt_q + w_side * u[1:] @ u[1:] + w_thrust * u @ u)
 
     def _terminal(self, x: np.ndarray) -> tuple[bool, dict[str, Any]]:
         if x[0] > 0.0:
