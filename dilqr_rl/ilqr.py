@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cost import Cost
 from .dynamics import Dynamics
-from .lqr import lqr_backward
+from .lqr import costates, lqr_backward
 
 __all__ = ["ILQRConfig", "Solution", "ilqr_solve", "rollout", "linearize"]
 
@@ -41,6 +41,12 @@ class ILQRConfig:
     :param armijo: accept a step whose actual decrease is at least this fraction of the
         predicted one
     :param boxqp_iters: projected-Newton iterations of the box QP (``m > 1`` only)
+    :param newton_tol: once an accepted step is below ``newton_tol * (1 + max|u|)``, the sample
+        switches from Gauss-Newton to the exact Lagrangian Hessian (the ``C~`` of the implicit
+        gradient, which adds ``sum_i lam_i hess f_i``): regularized Newton, quadratically
+        convergent, so the fixed point (hence the gradient) is reached to rounding instead
+        of creeping (DESIGN.md "Slow Gauss-Newton"). ``0`` disables it (pure iLQR).
+    :param record_history: keep per-iteration diagnostics in ``Solution.history``
     :param on_unconverged: what to do when samples have not converged after ``max_iter``:
         ``"warn"`` (default), ``"raise"`` (``RuntimeError``) or ``"detach"`` (warn, and give
         those samples no gradient). Never silent.
@@ -55,6 +61,8 @@ class ILQRConfig:
     n_alpha: int = 8
     armijo: float = 1e-4
     boxqp_iters: int = 20
+    newton_tol: float = 1e-3
+    record_history: bool = False
     on_unconverged: Literal["warn", "raise", "detach"] = "warn"
 
     def __post_init__(self) -> None:
@@ -84,6 +92,9 @@ class Solution:
     :ivar converged: ``(B,)`` bool
     :ivar iterations: ``(B,)`` int64, iterations each sample ran
     :ivar free: ``(B, T, m)`` bool, controls not on a bound at the solution
+    :ivar history: with ``ILQRConfig.record_history``, ``(B, iterations, 4)``: per iteration
+        the accepted step ``max|du|`` (NaN if rejected), the regularization, the step size
+        (0 if rejected) and the cost; NaN once a sample has stopped
     """
 
     x: Tensor
@@ -92,6 +103,7 @@ class Solution:
     converged: Tensor
     iterations: Tensor
     free: Tensor
+    history: Tensor | None = None
 
 
 def rollout(dynamics: Dynamics, x0: Tensor, u: Tensor, theta: Tensor) -> Tensor:
@@ -162,6 +174,9 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     A = cfg.n_alpha
     eps = torch.finfo(dt).eps
     idx = None  # None: the whole batch is active
+    newton = torch.zeros(B, dtype=torch.bool, device=dev)
+    newton_any = False
+    hist: list[Tensor] = []
 
     for _ in range(cfg.max_iter):
         xs, us, Js, mus = (v if idx is None else v[idx] for v in (x, u, J, mu))
@@ -174,6 +189,13 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         # 1. linearize / quadratize all b*T pairs at once (paper sections 4.4-4.5)
         F = linearize(dynamics, xs[:, :-1], us, ths)
         c, C, cT, CT = cost.quadratize(xs, us, Ps)
+        if newton_any:
+            nw = newton if idx is None else newton[idx]
+            lam = costates(F, c, cT)
+            Hf = dynamics.weighted_hessian(xs[:, :-1].reshape(b * T, -1), us.reshape(b * T, m),
+                                           ths[:, None].expand(b, T, -1).reshape(b * T, -1),
+                                           lam[:, 1:].reshape(b * T, -1))
+            C = C + nw.to(dt)[:, None, None, None] * Hf.reshape(C.shape)
 
         # 2. Riccati pass with the box QP on Quu (Tassa et al. 2014)
         gains = lqr_backward(F, C, c, CT, cT, mu=mus,
@@ -225,6 +247,16 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
             conv = torch.zeros_like(accepted)
         stalled = ~accepted & (mus_new > cfg.mu_max)
 
+        if cfg.newton_tol > 0:
+            small = accepted & (step <= cfg.newton_tol * (1 + us_new.abs().amax((1, 2))))
+            newton = _put(newton, idx, (newton if idx is None else newton[idx]) | small)
+        if cfg.record_history:
+            full = torch.full((B,), math.nan, dtype=dt, device=dev)
+            hist.append(torch.stack([_put(full, idx, torch.where(accepted, step, math.nan)),
+                                     _put(full, idx, mus_new),
+                                     _put(full, idx, torch.where(accepted, alphas[first],
+                                                                 0.0)),
+                                     _put(full, idx, Js_new)], -1))
         x, u = _put(x, idx, xs_new), _put(u, idx, us_new)
         J, mu = _put(J, idx, Js_new), _put(mu, idx, mus_new)
         ones = torch.ones(b, dtype=torch.long, device=dev)
@@ -232,9 +264,10 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         converged = _put(converged, idx, conv)
         active = _put(active, idx, ~conv & ~stalled)
         # the one host synchronisation of the iteration
-        act_host = active.cpu()
+        act_host, newton_host = torch.stack([active, newton]).cpu()
         if not bool(act_host.any()):
             break
+        newton_any = bool((newton_host & act_host).any())
         idx = None if bool(act_host.all()) else torch.nonzero(act_host)[:, 0].to(dev)
 
     free = torch.ones_like(u, dtype=torch.bool)
@@ -243,5 +276,6 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         above = torch.where(torch.isfinite(lower), u > lower + 4 * eps * (1 + lower.abs()), True)
         below = torch.where(torch.isfinite(upper), u < upper - 4 * eps * (1 + upper.abs()), True)
         free = above & below
+    history = torch.stack(hist, 1).detach() if hist else None
     return Solution(x=x, u=u, cost=J, converged=converged, iterations=iterations,
-                    free=free.detach())
+                    free=free.detach(), history=history)

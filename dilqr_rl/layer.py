@@ -187,7 +187,7 @@ class DiLQR(nn.Module):
                                        upper, self.config, exact=self.grad == "implicit")
         self._report(sol)
         return Solution(x=x, u=u, cost=self.cost.total(x, u, P), converged=sol.converged,
-                        iterations=sol.iterations, free=sol.free)
+                        iterations=sol.iterations, free=sol.free, history=sol.history)
 
     def _report(self, sol: Solution) -> None:
         if self.config.tol == 0:

@@ -119,6 +119,8 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
     """
     B, T, n, nz = F.shape
     m = nz - n
+    if m == 1:
+        return _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free)
     V, v = CT, cT
     Ks, ks, frees = [None] * T, [None] * T, [None] * T
     dV1 = torch.zeros(B, dtype=F.dtype, device=F.device)
@@ -137,14 +139,23 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         if m == 1:
             h = Quu[:, 0, 0] if mu is None else Quu[:, 0, 0] + mu
             pd = h > 0
+            ok_prev = ok
             ok = ok & pd
             hs = torch.where(pd, h, torch.ones_like(h))
             kt = -qu / hs[:, None]
             Kt = -Qux / hs[:, None, None]
             if boxed:
                 lo, hi = lower[:, t], upper[:, t]
-                fr = (kt > lo) & (kt < hi)
+                fr = (kt > lo) & (kt < hi) & pd[:, None]
                 kt = torch.minimum(torch.maximum(kt, lo), hi)
+                # Non-positive curvature (possible with the exact Hessian): the minimum of a
+                # concave 1-D quadratic over a finite box is at the better bound; the control
+                # is clamped there and the step is still well defined.
+                both = torch.isfinite(lo) & torch.isfinite(hi)
+                f_lo = 0.5 * h[:, None] * lo**2 + qu * lo
+                f_hi = 0.5 * h[:, None] * hi**2 + qu * hi
+                kt = torch.where(pd[:, None], kt, torch.where(f_lo <= f_hi, lo, hi))
+                ok = ok | (both.all(-1) & (h <= 0) & ok_prev)
             elif free is not None:
                 fr = free[:, t]
                 kt = torch.where(fr, kt, torch.zeros_like(kt))
@@ -184,6 +195,67 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         Ks[t], ks[t], frees[t] = Kt, kt, fr
     return LQRGains(torch.stack(Ks, 1), torch.stack(ks, 1), torch.stack(frees, 1),
                     torch.stack([dV1, dV2], -1), ok)
+
+
+def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
+    """:func:`lqr_backward` for ``m = 1``: scalar ``Quu``, closed-form clamping, no LAPACK,
+    and as few tensor operations per step as possible (Python overhead dominates the time of
+    these tiny problems).
+
+    With ``s = [free] / (Quu + mu)``, ``K = -s Qux`` and ``k = clamp(-qu / (Quu + mu))``:
+    ``V = Qxx + (s^2 Quu - 2 s) Qux^T Qux`` and ``v = qx + Qux^T (k - s (Quu k + qu))``.
+    """
+    B, T, n, _ = F.shape
+    dt = F.dtype
+    V, v = CT, cT
+    FT = F.transpose(-1, -2)
+    boxed = lower is not None
+    if boxed:
+        both = torch.isfinite(lower) & torch.isfinite(upper)
+    Ks, ks, frees, Quus, qus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
+    ok = torch.ones(B, dtype=torch.bool, device=F.device)
+    for t in range(T - 1, -1, -1):
+        FtT = FT[:, t]
+        Q = C[:, t] + FtT @ (V @ F[:, t])
+        vv = v if f is None else v + (V @ f[:, t, :, None])[..., 0]
+        q = c[:, t] + (FtT @ vv[..., None])[..., 0]
+        Qux = Q[:, n:, :n]  # (B, 1, n)
+        Quu, qu = Q[:, n:, n], q[:, n:]  # (B, 1)
+        h = Quu if mu is None else Quu + mu[:, None]
+        pd = h > 0
+        hs = torch.where(pd, h, 1.0)
+        k = -qu / hs
+        if boxed:
+            lo, hi = lower[:, t], upper[:, t]
+            fr = pd & (k > lo) & (k < hi)
+            k = torch.minimum(torch.maximum(k, lo), hi)
+            if not free_of_concavity(pd):
+                # Non-positive curvature (possible with the exact Hessian): the minimum of a
+                # concave 1-D quadratic over a finite box is at the better bound, so the
+                # control is clamped there and the step is still well defined.
+                better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
+                k = torch.where(pd, k, torch.where(better_lo, lo, hi))
+                pd = pd | both[:, t]
+        elif free is not None:
+            fr = free[:, t] & pd
+            k = k * fr
+        else:
+            fr = pd
+        ok = ok & pd[:, 0]
+        sc = fr / hs  # (B, 1)
+        V = Q[:, :n, :n] + ((sc * sc * Quu - 2 * sc)[..., None] * Qux.transpose(-1, -2)) @ Qux
+        v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
+        Ks[t], ks[t], frees[t], Quus[t], qus[t] = -sc[..., None] * Qux, k, fr, Quu, qu
+    k = torch.stack(ks, 1)
+    qu, Quu = torch.stack(qus, 1), torch.stack(Quus, 1)
+    dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
+    return LQRGains(torch.stack(Ks, 1), k, torch.stack(frees, 1), dV, ok)
+
+
+def free_of_concavity(pd: Tensor) -> bool:
+    """Whether every ``Quu`` is positive (CPU: a free check; on an accelerator assume not, so
+    the concave branch runs without a host synchronisation)."""
+    return pd.device.type == "cpu" and bool(pd.all())
 
 
 def lqr_rollout(F: Tensor, K: Tensor, k: Tensor, x0: Tensor, f: Tensor | None = None
