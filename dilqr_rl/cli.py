@@ -78,9 +78,29 @@ def demo(batch: int = 8, horizon: int = 20, seed: int = 0) -> int:
     return 0 if ok else 1
 
 
+#: sub-commands implemented in ``dilqr_rl.agents``: name -> (module, function, help). Each
+#: function takes the remaining argv and returns an exit code; imported only when used.
+_AGENT_COMMANDS = {
+    "imitate": ("dilqr_rl.agents.imitation", "main_imitate",
+                "behaviour cloning: learn the model through DiLQR from expert actions"),
+    "study": ("dilqr_rl.agents.imitation", "main_study",
+              "run a whole comparison study (e.g. `dilqr-rl study imitation`)"),
+    "train": ("dilqr_rl.agents.rl", "main_train",
+              "train a DiLQR actor with Stable-Baselines3 (PPO, A2C, SAC, TD3)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _AGENT_COMMANDS:
+        import importlib
+
+        module, func, _ = _AGENT_COMMANDS[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="dilqr-rl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
+    for name, (_, _, help_) in _AGENT_COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
     p = sub.add_parser("demo", help="batched pendulum swing-ups and a gradient check")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--horizon", type=int, default=20)

@@ -112,8 +112,8 @@ def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         names = list(Pr)
         grads = torch.autograd.grad(S, [x0r, thr, *[Pr[k] for k in names]], allow_unused=True)
     out = [torch.zeros_like(v) if g is None else g
-           for g, v in zip(grads, [x0, theta, *[P[k] for k in names]])]
-    return out[0], out[1], dict(zip(names, out[2:]))
+           for g, v in zip(grads, [x0, theta, *[P[k] for k in names]], strict=True)]
+    return out[0], out[1], dict(zip(names, out[2:], strict=True))
 
 
 @dataclass
@@ -139,7 +139,7 @@ class _FixedPointFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: _Spec, x0: Tensor, theta: Tensor, *pvals: Tensor):
-        P = dict(zip(spec.names, pvals))
+        P = dict(zip(spec.names, pvals, strict=True))
         with torch.no_grad():
             sol = ilqr_solve(spec.dynamics, spec.cost, x0, theta, P, spec.u_init, spec.lower,
                              spec.upper, spec.config)
@@ -160,7 +160,7 @@ class _FixedPointFn(torch.autograd.Function):
             keep = converged.to(gx.dtype)
             gx, gu = gx * keep[:, None, None], gu * keep[:, None, None]
         g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta,
-                                      dict(zip(spec.names, pvals)), x, u, free, gx, gu,
+                                      dict(zip(spec.names, pvals, strict=True)), x, u, free, gx, gu,
                                       exact=spec.exact)
         return (None, g0, gth, *[gP[k] for k in spec.names])
 

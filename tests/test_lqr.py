@@ -173,7 +173,7 @@ def test_boxed_riccati_m1_closed_form_matches_box_qp():
 def test_ilqr_on_linear_problem_is_the_constrained_optimum():
     """On linear dynamics iLQR's fixed point satisfies the KKT conditions of the boxed QP:
     stationarity on free controls, outward-pointing gradient on clamped ones."""
-    n, m, T = 2, 1, 8
+    T = 8
 
     class Linear(dl.Dynamics):
         n_state, n_ctrl = 2, 1
