@@ -1,0 +1,252 @@
+"""Backward-pass cost of the three gradient modes against the number of iLQR iterations.
+
+The paper's claim (section 5.1): the implicit (fixed-point) backward costs the same whatever
+the number of forward iterations, while differentiating the unrolled solver grows with it.
+
+Grid: pendulum and cartpole, horizon T in {10, 20, 50, 100}, iterations in {10, 50, 100, 300}
+(``tol=0`` so exactly that many run), batch in {1, 64}; per cell the forward time, the backward
+time of each mode (``implicit``, ``last_lqr``, ``unroll``) and the bytes autograd keeps for
+the backward (sum of the unique storages saved on the tape: the unrolled graph's memory; on
+CUDA also the allocator's peak). All modes of a cell run side by side in one process, float64.
+
+Usage::
+
+    python benchmarks/backward.py            # full grid (about 15 min on 2 CPU cores)
+    python benchmarks/backward.py --quick    # T in {10, 50}, iterations in {10, 300}
+
+Writes ``benchmarks/results/backward.json`` and ``backward.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import time
+import weakref
+from pathlib import Path
+
+import torch
+
+import dilqr_rl as dl
+
+MODES = ("implicit", "last_lqr", "unroll")
+
+
+def problem(env: str, B: int, dtype: torch.dtype, device: str):
+    """Swing-up problems from spread initial angles (so some controls sit on the bounds)."""
+    th = torch.linspace(-2.8, 2.8, B, dtype=dtype) if B > 1 else torch.tensor([2.5], dtype=dtype)
+    if env == "pendulum":
+        dyn = dl.Pendulum()
+        cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
+        x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
+        bound = 2.0
+    else:
+        dyn = dl.CartPole()
+        cost = dl.QuadraticCost.tracking([0.1, 0.1, 1, 1, 0.1, 0.001], [0, 0, 1, 0, 0, 0],
+                                         n_state=5)
+        z = torch.zeros_like(th)
+        x0 = torch.stack([z, z, th.cos(), th.sin(), z], -1)
+        bound = 20.0
+    dyn, cost = dyn.to(device, dtype), cost.to(device, dtype)
+    return dyn, cost, x0.to(device), bound
+
+
+class SavedBytes:
+    """Bytes of the unique storages that the tape still holds for the backward.
+
+    Tensors saved by transient graphs (e.g. the per-iteration linearization, which is freed
+    at once) are not counted: only those alive when :attr:`total` is read.
+    """
+
+    def __init__(self):
+        self.refs: list[weakref.ref] = []
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.refs.append(weakref.ref(t))
+        return t
+
+    @property
+    def total(self) -> int:
+        seen = {}
+        for r in self.refs:
+            t = r()
+            if t is not None:
+                s = t.untyped_storage()
+                seen[s.data_ptr()] = s.nbytes()
+        return sum(seen.values())
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_cell(env: str, T: int, iters: int, B: int, mode: str, device: str,
+             repeats: int) -> dict:
+    dyn, cost, x0, bound = problem(env, B, torch.float64, device)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=-bound, u_upper=bound,
+                    config=dl.ILQRConfig(max_iter=iters, tol=0.0), grad=mode)
+    gen = torch.Generator().manual_seed(0)
+    wu = torch.randn(B, T, dyn.n_ctrl, generator=gen, dtype=torch.float64).to(device)
+    wx = torch.randn(B, T + 1, dyn.n_state, generator=gen, dtype=torch.float64).to(device)
+    params = [*dyn.parameters(), *cost.parameters()]
+    best_f = best_b = math.inf
+    saved = 0
+    peak = None
+    for _ in range(repeats):
+        x0r = x0.clone().requires_grad_(True)
+        meter = SavedBytes()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
+            sol = ctrl(x0r)
+            loss = (wu * sol.u).sum() + (wx * sol.x).sum()
+        sync(device)
+        t1 = time.perf_counter()
+        saved = meter.total
+        torch.autograd.grad(loss, [x0r, *params], allow_unused=True)
+        sync(device)
+        t2 = time.perf_counter()
+        best_f, best_b = min(best_f, t1 - t0), min(best_b, t2 - t1)
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated()
+        if t2 - t0 > 5.0:  # expensive cells: one timed run is enough
+            break
+    return {"env": env, "T": T, "iters": iters, "B": B, "mode": mode,
+            "forward_s": best_f, "backward_s": best_b, "saved_bytes": saved,
+            "cuda_peak_bytes": peak}
+
+
+def summarize(rows: list[dict]) -> dict:
+    def get(env, T, it, B, mode, key="backward_s"):
+        for r in rows:
+            if (r["env"], r["T"], r["iters"], r["B"], r["mode"]) == (env, T, it, B, mode):
+                return r[key]
+        return None
+
+    out = {"constant_backward": [], "backward_vs_forward_iters": [], "unroll_ratio": []}
+    envs = sorted({r["env"] for r in rows})
+    Ts = sorted({r["T"] for r in rows})
+    Bs = sorted({r["B"] for r in rows})
+    its = sorted({r["iters"] for r in rows})
+    for env in envs:
+        for T in Ts:
+            for B in Bs:
+                lo, hi = get(env, T, its[0], B, "implicit"), get(env, T, its[-1], B, "implicit")
+                if lo and hi:
+                    out["constant_backward"].append(
+                        {"env": env, "T": T, "B": B, "ratio_maxit_over_minit": hi / lo,
+                         "target": "<= 1.3", "holds": hi / lo <= 1.3})
+                fwd = get(env, T, its[-1], B, "implicit", "forward_s")
+                if fwd and hi:
+                    per_iter = fwd / its[-1]
+                    out["backward_vs_forward_iters"].append(
+                        {"env": env, "T": T, "B": B,
+                         "implicit_backward_in_forward_iterations": hi / per_iter,
+                         "target": "<= 3", "holds": hi / per_iter <= 3})
+                un, im = get(env, T, its[-1], B, "unroll"), hi
+                if un and im:
+                    out["unroll_ratio"].append({"env": env, "T": T, "B": B, "iters": its[-1],
+                                                "unroll_over_implicit": un / im})
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in rows})
+    Bs = sorted({r["B"] for r in rows})
+    Ts = sorted({r["T"] for r in rows})
+    styles = {"implicit": "-", "last_lqr": "--", "unroll": ":"}
+    colors = plt.cm.viridis([i / max(1, len(Ts) - 1) for i in range(len(Ts))])
+    fig, axes = plt.subplots(len(envs), len(Bs), figsize=(5.5 * len(Bs), 4.2 * len(envs)),
+                             squeeze=False)
+    for i, env in enumerate(envs):
+        for j, B in enumerate(Bs):
+            ax = axes[i][j]
+            for mode in MODES:
+                for T, col in zip(Ts, colors, strict=True):
+                    pts = sorted((r["iters"], r["backward_s"]) for r in rows
+                                 if (r["env"], r["B"], r["T"], r["mode"]) == (env, B, T, mode))
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), styles[mode], color=col, marker="o",
+                                ms=3, label=f"{mode} T={T}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("iLQR iterations")
+            ax.set_ylabel("backward time [s]")
+            ax.set_title(f"{env}, batch {B}")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=3, loc="upper left")
+    fig.suptitle("Backward time vs iterations: implicit (solid), last LQR (dashed), "
+                 "unrolled (dotted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="T in {10, 50}, iters in {10, 300}")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--envs", nargs="+", default=["pendulum", "cartpole"])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    Ts = (10, 50) if args.quick else (10, 20, 50, 100)
+    its = (10, 300) if args.quick else (10, 50, 100, 300)
+    Bs = (1, 64)
+    cells = [(e, T, it, B, mode) for e in args.envs for T in Ts for B in Bs for it in its
+             for mode in MODES]
+    rows = []
+    # warm-up: first calls trace/allocate (DESIGN.md "First call")
+    for e in args.envs:
+        for mode in MODES:
+            run_cell(e, 5, 3, 2, mode, args.device, 1)
+    for cell in tqdm(cells, desc="backward benchmark"):
+        rows.append(run_cell(*cell, device=args.device, repeats=3))
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": args.device, "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "dtype": "float64",
+            "timing": "best of up to 3 runs (1 if a run takes > 5 s)"}
+    (out / "backward.json").write_text(json.dumps({"meta": meta, "rows": rows,
+                                                   "summary": summary}, indent=1))
+    plot(rows, out / "backward.png")
+    print(f"threads={meta['threads']} device={args.device}")
+    print(f"{'env':9} {'T':>4} {'B':>3} {'iters':>5} {'fwd/it ms':>9} {'impl ms':>8} "
+          f"{'last ms':>8} {'unroll ms':>10} {'unroll/impl':>11} {'saved MB (impl/unroll)':>22}")
+    for e in args.envs:
+        for T in Ts:
+            for B in Bs:
+                for it in its:
+                    r = {m: next(x for x in rows if (x["env"], x["T"], x["B"], x["iters"],
+                                                     x["mode"]) == (e, T, B, it, m))
+                         for m in MODES}
+                    print(f"{e:9} {T:>4} {B:>3} {it:>5} "
+                          f"{r['implicit']['forward_s'] / it * 1e3:>9.2f} "
+                          f"{r['implicit']['backward_s'] * 1e3:>8.2f} "
+                          f"{r['last_lqr']['backward_s'] * 1e3:>8.2f} "
+                          f"{r['unroll']['backward_s'] * 1e3:>10.1f} "
+                          f"{r['unroll']['backward_s'] / r['implicit']['backward_s']:>11.0f} "
+                          f"{r['implicit']['saved_bytes'] / 1e6:>10.3f} / "
+                          f"{r['unroll']['saved_bytes'] / 1e6:>9.1f}")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
