@@ -1,0 +1,254 @@
+"""Sample efficiency: PPO with a DiLQR actor vs PPO and SAC with SB3's default MLP policies.
+
+On ``dilqr_rl/Pendulum-v0`` and ``dilqr_rl/MujocoPendulum-v0`` the controller's model starts
+30-50 % off the true parameters (``g, m, l = 14, 1.4, 0.6`` vs ``10, 1, 1``). Every method gets
+the same env-step budget; every ``--eval-freq`` steps a deterministic evaluation on fixed seeds.
+Reported per env:
+
+- the true-model MPC return ``R*`` (the same controller, horizon and iteration cap, with the
+  true parameters) and the wrong-model MPC return (the DiLQR actor before training);
+- per method the mean +- std over seeds of the evaluation curves and the first env step at
+  which the seed-mean curve is within 10 % of ``R*`` (``R >= R* - 0.1 |R*|``);
+- the ratio of the DiLQR actor's steps to the best MLP baseline's (target <= 1/10);
+- the DiLQR model's parameter error ``|theta - theta_true| / |theta_true|`` before and after;
+- wall-clock per env step of training (evaluations excluded).
+
+Usage (default budget: 3 seeds x 3 methods x 2 envs x 4096 steps, two worker processes)::
+
+    python benchmarks/rl_sample_efficiency.py
+    python benchmarks/rl_sample_efficiency.py --budget 30000 --eval-freq 3000   # larger
+
+Writes ``benchmarks/results/rl_sample_efficiency.{json,png}``; run directories (TensorBoard,
+checkpoints) go to ``runs/rl_sample_efficiency/``. One torch thread per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+ENVS = ("dilqr_rl/Pendulum-v0", "dilqr_rl/MujocoPendulum-v0")
+WRONG = {"g": 14.0, "m": 1.4, "l": 0.6}  # +40 %, +40 %, -40 %
+TRUE = {"g": 10.0, "m": 1.0, "l": 1.0}
+METHODS = ("dilqr_ppo", "mlp_ppo", "mlp_sac")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_args(method: str, env: str, seed: int, opt: argparse.Namespace) -> dict[str, Any]:
+    """``TrainArgs`` keywords of one run."""
+    common = {"env": env, "seed": seed, "total_timesteps": opt.budget,
+              "eval_freq": opt.eval_freq, "eval_episodes": opt.eval_episodes,
+              "checkpoint_freq": opt.budget, "out_dir": opt.work_dir, "progress_bar": False,
+              "run_name": f"{method}_{env.split('/')[-1]}_s{seed}", "resume": False,
+              "horizon": opt.horizon, "max_iter": opt.max_iter}
+    if method == "dilqr_ppo":
+        return dict(common, algo="ppo", policy="dilqr", learn="dynamics",
+                    model_params=",".join(f"{k}={v}" for k, v in WRONG.items()),
+                    n_steps=512, batch_size=64, n_epochs=5, learning_rate=1e-3,
+                    controller_lr_scale=10.0, gamma=0.9)
+    if method == "mlp_ppo":  # rl-zoo's Pendulum-v1 settings, one env
+        return dict(common, algo="ppo", policy="mlp", n_steps=1024, batch_size=64,
+                    n_epochs=10, learning_rate=1e-3, gamma=0.9)
+    if method == "mlp_sac":  # rl-zoo's Pendulum-v1 settings
+        return dict(common, algo="sac", policy="mlp", learning_rate=1e-3, gamma=0.99,
+                    batch_size=256, learning_starts=min(500, opt.budget // 4))
+    raise ValueError(method)
+
+
+def _one(job: tuple[str, str, int, dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from dilqr_rl.agents.rl import TrainArgs, train
+
+    method, env, seed, kw = job
+    summary = train(TrainArgs(**kw))
+    with open(os.path.join(summary["run_dir"], "evaluations.jsonl")) as f:
+        recs = sorted((json.loads(line) for line in f if line.strip()),
+                      key=lambda r: r["timesteps"])
+    eval_s = sum(r["eval_s"] for r in recs)
+    return {"method": method, "env": env, "seed": seed, "summary": summary,
+            "timesteps": [r["timesteps"] for r in recs], "mean": [r["mean"] for r in recs],
+            "params": [r.get("params") for r in recs],
+            "train_s_per_step": max(summary["wall_s"] - eval_s, 0.0) / kw["total_timesteps"]}
+
+
+def _mpc(job: tuple[str, dict[str, float], argparse.Namespace]) -> dict[str, Any]:
+    """Deterministic return of the plain MPC controller with the given model parameters."""
+    import gymnasium as gym
+    import torch
+
+    torch.set_num_threads(1)
+    from dilqr_rl.agents.rl import parse_kv  # noqa: F401  (registers envs via dilqr_rl)
+
+    from dilqr_rl.sb3 import DiLQRActorCriticPolicy, controller_spec
+
+    env_id, params, opt = job
+    env = gym.make(env_id)
+    spec = controller_spec(env_id, params, horizon=opt.horizon, max_iter=opt.max_iter)
+    policy = DiLQRActorCriticPolicy(env.observation_space, env.action_space, lambda _: 1e-3,
+                                    controller=spec)
+    policy.set_training_mode(False)
+    rets, t0, n = [], time.perf_counter(), 0
+    for seed in opt.seeds:
+        # the same evaluation seeds as agents.rl.evaluate (10_000 + seed + episode)
+        for ep in range(opt.eval_episodes):
+            obs, _ = env.reset(seed=10_000 + seed + ep)
+            policy.actor.reset()
+            done, ret = False, 0.0
+            while not done:
+                a, _ = policy.predict(obs, deterministic=True)
+                obs, r, term, trunc, _ = env.step(a)
+                ret += float(r)
+                n += 1
+                done = term or trunc
+            rets.append(ret)
+    return {"env": env_id, "params": params, "mean": float(np.mean(rets)),
+            "std": float(np.std(rets)), "s_per_step": (time.perf_counter() - t0) / n}
+
+
+def first_reach(t: list[int], curve: np.ndarray, threshold: float) -> int | None:
+    for ti, v in zip(t, curve, strict=True):
+        if v >= threshold:
+            return int(ti)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", type=int, default=4096, help="env steps per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--envs", nargs="+", default=list(ENVS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--eval-freq", type=int, default=1024)
+    p.add_argument("--eval-episodes", type=int, default=2)
+    p.add_argument("--horizon", type=int, default=20)
+    p.add_argument("--max-iter", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--work-dir", default=os.path.join("runs", "rl_sample_efficiency"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", "rl_sample_efficiency"))
+    opt = p.parse_args(argv)
+    t_start = time.perf_counter()
+
+    jobs = [(m, e, s, run_args(m, e, s, opt)) for e in opt.envs for m in opt.methods
+            for s in opt.seeds]
+    mpc_jobs = [(e, prm, opt) for e in opt.envs for prm in (TRUE, WRONG)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(opt.workers, maxtasksperchild=1) as pool:
+        mpc_res = pool.map_async(_mpc, mpc_jobs)
+        runs = pool.map(_one, jobs, chunksize=1)
+        mpc_out = mpc_res.get()
+
+    report: dict[str, Any] = {"budget": opt.budget, "seeds": opt.seeds,
+                              "eval_freq": opt.eval_freq, "eval_episodes": opt.eval_episodes,
+                              "horizon": opt.horizon, "max_iter": opt.max_iter,
+                              "wrong_params": WRONG, "true_params": TRUE, "threads": 1,
+                              "workers": opt.workers, "envs": {}}
+    for env in opt.envs:
+        true_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == TRUE)
+        wrong_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == WRONG)
+        R = true_mpc["mean"]
+        thr = R - 0.1 * abs(R)
+        er: dict[str, Any] = {"mpc_true": true_mpc, "mpc_wrong": wrong_mpc, "threshold": thr,
+                              "methods": {}}
+        for m in opt.methods:
+            rs = [r for r in runs if r["env"] == env and r["method"] == m]
+            t = rs[0]["timesteps"]
+            curves = np.array([r["mean"] for r in rs])
+            mu, sd = curves.mean(0), curves.std(0)
+            rec: dict[str, Any] = {
+                "timesteps": t, "mean": mu.tolist(), "std": sd.tolist(),
+                "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
+                "steps_to_target": first_reach(t, mu, thr),
+                "train_s_per_step": float(np.mean([r["train_s_per_step"] for r in rs])),
+            }
+            if m.startswith("dilqr"):
+                th = np.array([TRUE[k] for k in WRONG])
+
+                def err(prm: dict[str, float], th: np.ndarray = th) -> float:
+                    return float(np.linalg.norm(np.array([prm[k] for k in WRONG]) - th)
+                                 / np.linalg.norm(th))
+
+                rec["param_error_start"] = float(np.mean([err(r["params"][0]) for r in rs]))
+                rec["param_error_end"] = float(np.mean([err(r["params"][-1]) for r in rs]))
+                rec["params_end"] = [r["params"][-1] for r in rs]
+            er["methods"][m] = rec
+        mlp = [er["methods"][m]["steps_to_target"] for m in opt.methods
+               if m.startswith("mlp")]
+        mlp_reached = [s for s in mlp if s is not None]
+        best_mlp = min(mlp_reached) if mlp_reached else None
+        d = er["methods"].get("dilqr_ppo", {}).get("steps_to_target")
+        er["best_mlp_steps"] = best_mlp
+        er["ratio"] = (d / best_mlp if (d is not None and best_mlp) else None)
+        er["target_holds"] = bool(d is not None and (
+            (best_mlp is not None and d <= best_mlp / 10) or
+            (best_mlp is None and d <= opt.budget / 10)))
+        report["envs"][env] = er
+    report["wall_s"] = time.perf_counter() - t_start
+
+    os.makedirs(os.path.dirname(opt.out), exist_ok=True)
+    with open(opt.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    plot(report, opt.out + ".png")
+    print_table(report)
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"budget {report['budget']} env steps, seeds {report['seeds']}, "
+          f"wall {report['wall_s'] / 60:.1f} min")
+    for env, er in report["envs"].items():
+        print(f"\n{env}: true-model MPC {er['mpc_true']['mean']:.1f} +- "
+              f"{er['mpc_true']['std']:.1f}, wrong-model MPC {er['mpc_wrong']['mean']:.1f} +- "
+              f"{er['mpc_wrong']['std']:.1f}, target (within 10%) >= {er['threshold']:.1f}")
+        print(f"  {'method':<10} {'final return':>18} {'steps to target':>16} "
+              f"{'ms/step (train)':>16}")
+        for m, r in er["methods"].items():
+            s = r["steps_to_target"]
+            print(f"  {m:<10} {r['final_mean']:>9.1f} +- {r['final_std']:>6.1f} "
+                  f"{(str(s) if s is not None else '> budget'):>16} "
+                  f"{1e3 * r['train_s_per_step']:>16.2f}")
+            if "param_error_start" in r:
+                print(f"  {'':<10} model parameter error {r['param_error_start']:.3f} -> "
+                      f"{r['param_error_end']:.3f}")
+        print(f"  DiLQR steps / best MLP steps: {er['ratio']}; target (<= 1/10) holds: "
+              f"{er['target_holds']}")
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(report["envs"])
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4.2), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        er = report["envs"][env]
+        for m, r in er["methods"].items():
+            t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
+            ax.plot(t, mu, "o-", label=m)
+            ax.fill_between(t, mu - sd, mu + sd, alpha=0.2)
+        ax.axhline(er["mpc_true"]["mean"], color="k", ls="--", label="MPC, true model")
+        ax.axhline(er["threshold"], color="k", ls=":", label="within 10 %")
+        ax.axhline(er["mpc_wrong"]["mean"], color="r", ls="--", lw=0.8,
+                   label="MPC, initial model")
+        ax.set_title(f"{env} ({len(report['seeds'])} seeds, mean +- std)")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("deterministic return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
