@@ -1,0 +1,128 @@
+"""GPU benchmark, self-contained: needs only torch, numpy and this package's core.
+
+Runs on CUDA when available, with CPU numbers from the same machine beside it, and prints one
+table (also written to ``benchmarks/results/gpu.json``):
+
+1. Batch scaling: pendulum swing-ups, ``B`` up to 4096, ``T`` up to 100, a fixed number of
+   iLQR iterations (``tol=0``), forward time and implicit backward time, per sample.
+2. Backward cost vs iterations: implicit vs unrolled autodiff at ``T = 10``, ``B = 1``.
+
+Designed to finish in under 5 minutes on one GPU. ``--quick`` shrinks the grid (for a CPU-only
+smoke run). Usage: ``python benchmarks/gpu.py [--quick] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import dilqr_rl as dl  # noqa: E402  (after the path fix, so a plain checkout works)
+
+
+def make(B: int, T: int, iters: int, device: str, grad: str = "implicit"):
+    dt = torch.float64 if device == "cpu" else torch.float32
+    dyn = dl.Pendulum().to(device, dt)
+    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
+    ctrl = dl.DiLQR(dyn, cost.to(device, dt), horizon=T, u_lower=-2.0, u_upper=2.0,
+                    config=dl.ILQRConfig(max_iter=iters, tol=0.0), grad=grad)
+    th = torch.linspace(-math.pi * 0.95, math.pi * 0.95, B, dtype=dt, device=device)
+    x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
+    return ctrl, x0
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(ctrl, x0, device: str, repeats: int = 2) -> tuple[float, float, float | None]:
+    best_f = best_b = math.inf
+    peak = None
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        x0r = x0.clone().requires_grad_(True)
+        sync(device)
+        t0 = time.perf_counter()
+        sol = ctrl(x0r)
+        loss = sol.u.sum() + sol.x.sum()
+        sync(device)
+        t1 = time.perf_counter()
+        torch.autograd.grad(loss, [x0r, *ctrl.parameters()], allow_unused=True)
+        sync(device)
+        t2 = time.perf_counter()
+        best_f, best_b = min(best_f, t1 - t0), min(best_b, t2 - t1)
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() / 1e6
+        if t2 - t0 > 10:
+            break
+    return best_f, best_b, peak
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: torch's default for large batches)")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+    Bs = (1, 256) if args.quick else (1, 64, 256, 1024, 4096)
+    Ts = (10,) if args.quick else (10, 50, 100)
+    rows = []
+    for dev in devices:  # warm-up
+        timed(*make(4, 5, 2, dev), dev, 1)
+        timed(*make(4, 5, 2, dev, "unroll"), dev, 1)
+    for T in Ts:
+        for B in Bs:
+            for dev in devices:
+                if dev == "cpu" and B * T > 256 * 100 and not args.quick:
+                    reps = 1
+                else:
+                    reps = 2
+                f, b, peak = timed(*make(B, T, args.iters, dev), dev, reps)
+                rows.append({"kind": "scaling", "device": dev, "B": B, "T": T,
+                             "iters": args.iters, "forward_s": f, "backward_s": b,
+                             "per_sample_ms": (f + b) / B * 1e3, "peak_MB": peak})
+                print(f"scaling {dev:4} B={B:<5} T={T:<4} fwd {f * 1e3:9.1f} ms "
+                      f"bwd {b * 1e3:8.1f} ms  per sample {(f + b) / B * 1e3:8.3f} ms"
+                      + (f"  peak {peak:.0f} MB" if peak else ""), flush=True)
+    its = (10, 50) if args.quick else (10, 100, 300)
+    for dev in devices:
+        for it in its:
+            for mode in ("implicit", "unroll"):
+                f, b, peak = timed(*make(1, 10, it, dev, mode), dev, 1)
+                rows.append({"kind": "backward", "device": dev, "B": 1, "T": 10, "iters": it,
+                             "mode": mode, "forward_s": f, "backward_s": b, "peak_MB": peak})
+                print(f"backward {dev:4} iters={it:<4} {mode:9} bwd {b * 1e3:9.1f} ms",
+                      flush=True)
+    meta = {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "dtype": "float32 on cuda, float64 on cpu"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print("\n", json.dumps(meta))
+    print(f"{'kind':9} {'dev':5} {'B':>5} {'T':>4} {'iters':>5} {'mode':9} {'fwd ms':>9} "
+          f"{'bwd ms':>9} {'ms/sample':>9} {'peak MB':>8}")
+    for r in rows:
+        print(f"{r['kind']:9} {r['device']:5} {r['B']:>5} {r['T']:>4} {r['iters']:>5} "
+              f"{r.get('mode', 'implicit'):9} {r['forward_s'] * 1e3:>9.1f} "
+              f"{r['backward_s'] * 1e3:>9.2f} {r.get('per_sample_ms', float('nan')):>9.3f} "
+              f"{r['peak_MB'] or float('nan'):>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
