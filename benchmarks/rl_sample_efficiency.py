@@ -50,7 +50,7 @@ def run_args(method: str, env: str, seed: int, opt: argparse.Namespace) -> dict[
     if method == "dilqr_ppo":
         return dict(common, algo="ppo", policy="dilqr", learn="dynamics",
                     model_params=",".join(f"{k}={v}" for k, v in WRONG.items()),
-                    n_steps=512, batch_size=64, n_epochs=5, learning_rate=1e-3,
+                    n_steps=512, batch_size=256, n_epochs=4, learning_rate=1e-3,
                     controller_lr_scale=10.0, gamma=0.9)
     if method == "mlp_ppo":  # rl-zoo's Pendulum-v1 settings, one env
         return dict(common, algo="ppo", policy="mlp", n_steps=1024, batch_size=64,
