@@ -46,6 +46,8 @@ class ILQRConfig:
         gradient, which adds ``sum_i lam_i hess f_i``): regularized Newton, quadratically
         convergent, so the fixed point (hence the gradient) is reached to rounding instead
         of creeping (DESIGN.md "Slow Gauss-Newton"). ``0`` disables it (pure iLQR).
+    :param batched_line_search: roll all step sizes out at once (default); ``False`` tries
+        them one after the other (for the ablation benchmark)
     :param record_history: keep per-iteration diagnostics in ``Solution.history``
     :param on_unconverged: what to do when samples have not converged after ``max_iter``:
         ``"warn"`` (default), ``"raise"`` (``RuntimeError``) or ``"detach"`` (warn, and give
@@ -63,6 +65,7 @@ class ILQRConfig:
     boxqp_iters: int = 20
     newton_tol: float = 1e-3
     record_history: bool = False
+    batched_line_search: bool = True
     on_unconverged: Literal["warn", "raise", "detach"] = "warn"
 
     def __post_init__(self) -> None:
@@ -145,6 +148,47 @@ def _put(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
+def _line_search(dynamics: Dynamics, cost: Cost, alphas: Tensor, x0: Tensor, theta: Tensor,
+                 P: dict[str, Tensor], x: Tensor, u: Tensor, J: Tensor, gains,
+                 lower: Tensor | None, upper: Tensor | None, eps: float, armijo: float):
+    """Roll out the feedback policy ``u = u_bar + alpha k + K (x - x_bar)`` (paper eq. 5) for
+    all step sizes ``alphas (A,)`` at once and pick, per sample, the largest acceptable one.
+
+    :return: ``accepted (b,)``, index of the chosen step ``(b,)``, and the chosen
+        ``x (b, T+1, n)``, ``u (b, T, m)``, cost ``(b,)``
+    """
+    A, (b, T, m) = alphas.shape[0], u.shape
+    xa = x0.unsqueeze(0).expand(A, b, x0.shape[-1]).reshape(A * b, -1)
+    tha = theta.unsqueeze(0).expand(A, *theta.shape).reshape(A * b, -1)
+    xs_a, us_a = [xa], []
+    for t in range(T):
+        dx = xa.reshape(A, b, -1) - x[:, t]
+        ua = u[:, t] + alphas[:, None, None] * gains.k[:, t] + \
+            (gains.K[:, t] @ dx[..., None])[..., 0]
+        if lower is not None:
+            ua = torch.minimum(torch.maximum(ua, lower[:, t]), upper[:, t])
+        ua = ua.reshape(A * b, m)
+        xa = dynamics.step(xa, ua, tha)
+        xs_a.append(xa)
+        us_a.append(ua)
+    Xa = torch.stack(xs_a, 1)
+    Ua = torch.stack(us_a, 1)
+    Ja = cost.total(Xa, Ua, _repeat(P, A)).reshape(A, b)
+    expected = alphas[:, None] * gains.dV[:, 0] + alphas[:, None] ** 2 * gains.dV[:, 1]
+    actual = Ja - J
+    # Accept a sufficient decrease; once the predicted decrease is below rounding, accept a
+    # full step that does not increase J beyond rounding (otherwise the search stalls near
+    # 1e-8 in u and the fixed point, hence the gradient, is inexact: DESIGN.md "Pitfalls").
+    tiny = 100 * eps * (1 + J.abs())
+    ok_a = (actual <= armijo * expected) & (expected < 0)
+    ok_a = ok_a | ((-expected <= tiny) & (actual <= tiny))
+    ok_a = ok_a & gains.ok & torch.isfinite(Ja)
+    accepted = ok_a.any(0)
+    first = torch.argmax(ok_a.to(torch.int8), 0)
+    pick = first * b + torch.arange(b, device=u.device)  # Xa is (A*b), alpha-major
+    return accepted, first, Xa[pick], Ua[pick], Ja.reshape(-1)[pick]
+
+
 def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                P: dict[str, Tensor], u_init: Tensor, lower: Tensor | None,
                upper: Tensor | None, config: ILQRConfig) -> Solution:
@@ -204,35 +248,25 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                              boxqp_iters=cfg.boxqp_iters)
 
         # 3. line search: all step sizes rolled out through the true dynamics at once
-        xa = x0s.unsqueeze(0).expand(A, b, x0s.shape[-1]).reshape(A * b, -1)
-        tha = ths.unsqueeze(0).expand(A, *ths.shape).reshape(A * b, -1)
-        xs_a, us_a = [xa], []
-        for t in range(T):
-            dx = (xa.reshape(A, b, -1) - xs[:, t])
-            ua = us[:, t] + alphas[:, None, None] * gains.k[:, t] + \
-                (gains.K[:, t] @ dx[..., None])[..., 0]
-            if boxed:
-                ua = torch.minimum(torch.maximum(ua, los[:, t]), his[:, t])
-            ua = ua.reshape(A * b, m)
-            xa = dynamics.step(xa, ua, tha)
-            xs_a.append(xa)
-            us_a.append(ua)
-        Xa = torch.stack(xs_a, 1)
-        Ua = torch.stack(us_a, 1)
-        Ja = cost.total(Xa, Ua, _repeat(Ps, A)).reshape(A, b)
-        expected = alphas[:, None] * gains.dV[:, 0] + alphas[:, None] ** 2 * gains.dV[:, 1]
-        actual = Ja - Js
-        # Accept a sufficient decrease; once the predicted decrease is below rounding, accept a
-        # full step that does not increase J beyond rounding (otherwise the search stalls
-        # near 1e-8 in u and the fixed point, hence the gradient, is inexact).
-        tiny = 100 * eps * (1 + Js.abs())
-        ok_a = (actual <= cfg.armijo * expected) & (expected < 0)
-        ok_a = ok_a | ((-expected <= tiny) & (actual <= tiny))
-        ok_a = ok_a & gains.ok & torch.isfinite(Ja)
-        accepted = ok_a.any(0)
-        first = torch.argmax(ok_a.to(torch.int8), 0)
-        pick = first * b + torch.arange(b, device=dev)  # Xa is (A*b) alpha-major
-        Xn, Un, Jn = Xa[pick], Ua[pick], Ja.reshape(-1)[pick]
+        if cfg.batched_line_search:
+            accepted, first, Xn, Un, Jn = _line_search(dynamics, cost, alphas, x0s, ths, Ps, xs,
+                                                       us, Js, gains, los, his, eps, cfg.armijo)
+        else:  # ablation: one rollout per step size, until every sample has accepted one
+            for j in range(A):
+                res = _line_search(dynamics, cost, alphas[j : j + 1], x0s, ths, Ps, xs, us, Js,
+                                   gains, los, his, eps, cfg.armijo)
+                if j == 0:
+                    accepted, first, Xn, Un, Jn = res
+                    first = torch.zeros_like(first)
+                else:
+                    new = res[0] & ~accepted
+                    first = torch.where(new, j, first)
+                    Xn = torch.where(new[:, None, None], res[2], Xn)
+                    Un = torch.where(new[:, None, None], res[3], Un)
+                    Jn = torch.where(new, res[4], Jn)
+                    accepted = accepted | res[0]
+                if bool(accepted.all()):
+                    break
 
         step = (Un - us).abs().amax((1, 2))
         acc3 = accepted[:, None, None]

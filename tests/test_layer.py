@@ -178,3 +178,17 @@ def test_function_cost_matches_quadratic():
     # FunctionCost shares one w between stage and terminal: d/dw = d/dweights + d/dterminal
     torch.testing.assert_close(gb, ga + torch.cat([gt, torch.zeros(1, dtype=F64)]),
                                rtol=1e-6, atol=1e-9)
+
+
+def test_sequential_line_search_matches_batched():
+    """The ablation's one-step-size-at-a-time line search picks the same steps."""
+    dyn = dl.Pendulum().double()
+    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    th = torch.linspace(-3, 3, 6, dtype=F64)
+    x0 = torch.stack([th.cos(), th.sin(), 0 * th], -1)
+    sols = [dl.DiLQR(dyn, cost, horizon=25, config=dl.ILQRConfig(
+        tol=1e-10, max_iter=200, batched_line_search=b, record_history=True))(x0)
+        for b in (True, False)]
+    assert torch.equal(sols[0].iterations, sols[1].iterations)
+    torch.testing.assert_close(sols[0].u, sols[1].u)
+    torch.testing.assert_close(sols[0].history, sols[1].history, equal_nan=True)
