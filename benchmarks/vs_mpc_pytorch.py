@@ -66,11 +66,22 @@ def ours(env: str, B: int, T: int, dtype, iters: int, tol: float, bound: float):
     return ctrl
 
 
+def _patch_mpc() -> None:
+    """``mpc`` 0.0.6's ``util.bdiag`` indexes with a uint8 mask, which current torch rejects
+    for the bool active-set masks of its box-constrained LQR (``RuntimeError: masked_fill_
+    only supports boolean masks``). Replace it with the equivalent ``torch.diag_embed``; nothing
+    else of the library is changed."""
+    from mpc import util
+
+    util.bdiag = torch.diag_embed
+
+
 def theirs(env: str, B: int, T: int, dtype, iters: int, eps: float, bound: float):
     from mpc import mpc
     from mpc.env_dx import cartpole, pendulum
     from mpc.mpc import GradMethods, QuadCost
 
+    _patch_mpc()
     w, goal, _, decay, ls = ENVS[env]
     if env == "pendulum":
         dx = pendulum.PendulumDx(params=torch.tensor([10.0, 1.0, 1.0], dtype=dtype,

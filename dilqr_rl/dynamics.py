@@ -222,6 +222,29 @@ class Pendulum(Dynamics):
         return torch.stack([cn, sn, new_dth], -1), F
 
 
+    def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
+        # Closed form: thdot' is linear in (s, thdot, u), so only th' = atan2(s, c) + dt thdot'
+        # curves, and sum_i lam_i hess f_i = alpha g g^T + beta hess(atan2) with
+        # g = grad th', alpha = -(lam1 cos th' + lam2 sin th'), beta = lam2 cos th' - lam1 sin th'.
+        g_, m, l = theta[..., 0], theta[..., 1], theta[..., 2]
+        c, s, dth = x[..., 0], x[..., 1], x[..., 2]
+        dt = self.dt
+        r2 = c * c + s * s
+        a = 3.0 * g_ / (2.0 * l)
+        b = 3.0 / (m * l**2)
+        new_th = torch.atan2(s, c) + dt * (dth + dt * (a * s + b * u[..., 0]))
+        cn, sn = torch.cos(new_th), torch.sin(new_th)
+        alpha = -(lam[..., 0] * cn + lam[..., 1] * sn)
+        beta = lam[..., 1] * cn - lam[..., 0] * sn
+        grad = torch.stack([-s / r2, c / r2 + dt * dt * a.expand_as(c),
+                            torch.full_like(c, dt), (dt * dt * b).expand_as(c)], -1)
+        H = alpha[..., None, None] * grad[..., :, None] * grad[..., None, :]
+        r4 = r2 * r2
+        hcc, hss, hcs = 2 * c * s / r4, -2 * c * s / r4, (s * s - c * c) / r4
+        Hth = torch.stack([torch.stack([hcc, hcs], -1), torch.stack([hcs, hss], -1)], -2)
+        return H + torch.nn.functional.pad(beta[..., None, None] * Hth, (0, 2, 0, 2))
+
+
 class CartPole(Dynamics):
     """Cart-pole, identical to ``mpc.pytorch``'s ``CartpoleDx``.
 
