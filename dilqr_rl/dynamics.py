@@ -285,6 +285,50 @@ class CartPole(Dynamics):
                             torch.sin(new_th), dth + dt * th_acc], -1)
 
 
+    def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        # Analytic linearization (checked against torch.func in tests/test_dynamics.py).
+        g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
+        pos, vel, c, s, w = x.unbind(-1)
+        uu = u[..., 0]
+        dt = self.dt
+        M = mp + mc
+        pml = mp * l
+        cart_in = (uu + pml * w**2 * s) / M
+        den = l * (4.0 / 3.0 - mp * c**2 / M)
+        num = g * s - c * cart_in
+        th_acc = num / den
+        x_acc = cart_in - pml * th_acc * c / M
+        r2 = c * c + s * s
+        new_th = torch.atan2(s, c) + dt * w
+        # partials w.r.t. (c, s, w, u)
+        ci_s, ci_w, ci_u = pml * w**2 / M, 2 * pml * w * s / M, 1.0 / M
+        ta_c = (-cart_in * den + num * 2 * l * mp * c / M) / den**2
+        ta_s = (g - c * ci_s) / den
+        ta_w = -c * ci_w / den
+        ta_u = -c * ci_u / den
+        k = pml / M
+        xa_c = -k * (ta_c * c + th_acc)
+        xa_s = ci_s - k * c * ta_s
+        xa_w = ci_w - k * c * ta_w
+        xa_u = ci_u - k * c * ta_u
+        zero, one = torch.zeros_like(c), torch.ones_like(c)
+        nt = [zero, zero, -s / r2, c / r2, torch.full_like(c, dt), zero]
+        cn, sn = torch.cos(new_th), torch.sin(new_th)
+
+        def row(*entries):
+            return torch.stack([e.expand_as(c) for e in entries], -1)
+
+        F = torch.stack([
+            row(one, torch.full_like(c, dt), zero, zero, zero, zero),
+            row(zero, one, dt * xa_c, dt * xa_s, dt * xa_w, dt * xa_u),
+            row(*[-sn * e for e in nt]),
+            row(*[cn * e for e in nt]),
+            row(zero, zero, dt * ta_c, dt * ta_s, 1 + dt * ta_w, dt * ta_u),
+        ], -2)
+        xn = torch.stack([pos + dt * vel, vel + dt * x_acc, cn, sn, w + dt * th_acc], -1)
+        return xn, F
+
+
 class Rocket(Dynamics):
     """6-DoF rocket of PDP / Safe-PDP (see ``ROCKET.md``), explicit Euler with ``dt = 0.1``.
 

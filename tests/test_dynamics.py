@@ -30,6 +30,15 @@ def _ref_jac(dyn, x, u, theta):
     return torch.cat([torch.stack(Jx), torch.stack(Ju)], -1)
 
 
+def test_cartpole_analytic_jacobian_matches_torch_func():
+    dyn = dl.CartPole(g=9.5, m_cart=1.3, m_pole=0.2, l=0.7).double()
+    x, u = _pairs(5, 1, N=9, seed=3)
+    theta = dyn.theta()
+    xn, F = dyn.jacobians(x, u, theta.expand(9, 4))
+    torch.testing.assert_close(xn, dyn.step(x, u, theta))
+    torch.testing.assert_close(F, _ref_jac(dyn, x, u, theta), rtol=1e-11, atol=1e-11)
+
+
 def test_pendulum_analytic_jacobian_matches_torch_func():
     dyn = dl.Pendulum(g=9.3, m=1.7, l=0.6).double()
     th = torch.linspace(-3, 3, 7, dtype=F64)
