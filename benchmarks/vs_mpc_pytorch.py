@@ -124,46 +124,46 @@ class Tape:
         return sum(seen.values())
 
 
-def time_ours(env, B, T, dtype, iters, repeats):
-    bound = ENVS[env][2]
-    ctrl = ours(env, B, T, dtype, iters, 0.0, bound)
-    x0 = initial_states(env, B, dtype)
+def _timed(solve, params, x0, repeats):
+    """Best forward / backward time over ``repeats`` and the tape's bytes for one library.
+
+    ``solve(x0) -> (x (B, T, n) states x_0..x_{T-1}, u (B, T, m))`` in either layout."""
     best = (math.inf, math.inf, 0)
     for _ in range(repeats):
         x0r = x0.clone().requires_grad_(True)
         tape = Tape()
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(tape.pack, lambda t: t):
-            sol = ctrl(x0r)
-            loss = sol.u.sum() + sol.x[:, :-1].sum()
-        t1 = time.perf_counter()
-        mem = tape.total()
-        torch.autograd.grad(loss, [x0r, *ctrl.parameters()], allow_unused=True)
-        t2 = time.perf_counter()
-        best = (min(best[0], t1 - t0), min(best[1], t2 - t1), mem)
-    return best
-
-
-def time_theirs(env, B, T, dtype, iters, repeats):
-    bound = ENVS[env][2]
-    ctrl, dx, qc, C, c = theirs(env, B, T, dtype, iters, 0.0, bound)
-    x0 = initial_states(env, B, dtype)
-    best = (math.inf, math.inf, 0)
-    for _ in range(repeats):
-        x0r = x0.clone().requires_grad_(True)
-        tape = Tape()
-        t0 = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(tape.pack, lambda t: t):
-            x, u, _ = ctrl(x0r, qc, dx)
+            x, u = solve(x0r)
             loss = u.sum() + x.sum()
         t1 = time.perf_counter()
         mem = tape.total()
-        torch.autograd.grad(loss, [x0r, dx.params, C, c], allow_unused=True)
+        torch.autograd.grad(loss, [x0r, *params], allow_unused=True)
         t2 = time.perf_counter()
         best = (min(best[0], t1 - t0), min(best[1], t2 - t1), mem)
         if t2 - t0 > 10:
             break
     return best
+
+
+def time_ours(env, B, T, dtype, iters, repeats):
+    ctrl = ours(env, B, T, dtype, iters, 0.0, ENVS[env][2])
+
+    def solve(x0):
+        sol = ctrl(x0)
+        return sol.x[:, :-1], sol.u
+
+    return _timed(solve, list(ctrl.parameters()), initial_states(env, B, dtype), repeats)
+
+
+def time_theirs(env, B, T, dtype, iters, repeats):
+    ctrl, dx, qc, C, c = theirs(env, B, T, dtype, iters, 0.0, ENVS[env][2])
+
+    def solve(x0):
+        x, u, _ = ctrl(x0, qc, dx)
+        return x, u
+
+    return _timed(solve, [dx.params, C, c], initial_states(env, B, dtype), repeats)
 
 
 def accuracy(env: str, bounded: bool, T: int = 20, B: int = 4) -> dict:
