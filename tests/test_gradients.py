@@ -1,5 +1,7 @@
 """Fixed-point gradients against finite differences of the converged solution (float64)."""
 
+import math
+
 import pytest
 import torch
 
@@ -136,3 +138,38 @@ def test_detach_mode_gives_no_gradient_to_unconverged():
     assert not sol.converged.any()
     (g,) = torch.autograd.grad(sol.u.sum(), x0)
     assert torch.count_nonzero(g) == 0
+
+
+def test_clamped_controls_get_exactly_zero_gradient():
+    dyn, cost, x0, T, lo, hi = pendulum(bounded=True)
+    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=lo, u_upper=hi, config=CFG)
+    x0 = x0.clone().requires_grad_(True)
+    sol = ctrl(x0)
+    clamped = ~sol.free
+    assert clamped.any()
+    w = torch.randn(sol.u.shape, dtype=F64, generator=torch.Generator().manual_seed(0))
+    loss = (w * sol.u * clamped).sum()
+    grads = torch.autograd.grad(loss, [x0, *dyn.parameters(), *cost.parameters()],
+                                allow_unused=True, retain_graph=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    # while the free controls do move with the parameters
+    loss_free = (w * sol.u * sol.free).sum()
+    g_free = torch.autograd.grad(loss_free, list(dyn.parameters()))
+    assert any(torch.count_nonzero(g) > 0 for g in g_free)
+
+
+def test_gradcheck_tiny_problem():
+    """torch.autograd.gradcheck (its own finite differences, re-solving from scratch) on a
+    small problem near upright where the solution is unique."""
+    dyn = dl.Pendulum().double()
+    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.01], [1.0, 0, 0, 0], n_state=3).double()
+    ctrl = dl.DiLQR(dyn, cost, horizon=5, u_lower=-math.inf, u_upper=math.inf,
+                    config=dl.ILQRConfig(max_iter=200, tol=1e-14))
+
+    def f(x0, theta, goal):
+        return ctrl(x0, params=theta, goal=goal).u
+
+    x0 = torch.tensor([[math.cos(0.4), math.sin(0.4), 0.1]], dtype=F64, requires_grad=True)
+    theta = torch.tensor([10.0, 1.0, 1.0], dtype=F64, requires_grad=True)
+    goal = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x0, theta, goal), eps=1e-6, atol=1e-7, rtol=1e-6)
