@@ -15,10 +15,11 @@ import platform
 import time
 from pathlib import Path
 
-import dilqr_rl.envs as envs
 import gymnasium as gym
 import numpy as np
 import torch
+
+import dilqr_rl.envs as envs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
