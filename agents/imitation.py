@@ -510,10 +510,21 @@ def _parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                            help=doc.get(f.name))
         else:
-            typ = {"int": int, "float": float, "str": str, "int | None": int,
-                   "str | None": str}.get(str(f.type), str)
+            typ = {"int": int, "float": float, "str": str, "int | None": _optional(int),
+                   "float | None": _optional(float),
+                   "str | None": _optional(str)}.get(str(f.type), str)
             p.add_argument(flag, type=typ, default=f.default, help=doc.get(f.name))
     return p
+
+
+def _optional(typ: type):
+    """argparse type: ``none`` -> ``None``, else ``typ(value)``."""
+
+    def conv(v: str):
+        return None if v.lower() == "none" else typ(v)
+
+    conv.__name__ = typ.__name__
+    return conv
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -541,6 +552,11 @@ def main_imitate(argv: list[str]) -> int:
                    help="with --mode: the gradient (DiLQR exact, DiffMPC last-LQR, unrolled)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the DiffMPC gradient with the same data and seed")
+    # The demo's defaults: with the paper's |u| <= 2 most pendulum expert controls sit on the
+    # bound and carry no gradient, and (g, m, l) stalls in a local minimum (see the study);
+    # with |u| <= 100 every control is informative and a decaying step recovers the model.
+    # ``--u-bound 2 --lr 0.01 --lr-final none --n-train 10`` is the paper's setting.
+    p.set_defaults(n_train=5, epochs=220, lr=0.1, lr_final=0.002, u_bound=100.0, eval_every=10)
     ns = vars(p.parse_args(argv))
     mode, method, compare = ns.pop("mode"), ns.pop("method"), ns.pop("compare")
     if mode is not None:

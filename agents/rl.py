@@ -288,10 +288,11 @@ def plot_curve(run_dir: str, title: str = "") -> str:
 def train(args: TrainArgs) -> dict[str, Any]:
     """Train (resuming from the run's latest checkpoint if any); returns a summary dict."""
     torch.set_num_threads(args.threads)
-    import dilqr_rl.envs  # noqa: F401  (registers the ids)
     import gymnasium as gym
     from stable_baselines3 import A2C, PPO, SAC, TD3
     from stable_baselines3.common.env_util import make_vec_env
+
+    import dilqr_rl.envs  # noqa: F401  (registers the ids)
 
     run_dir = os.path.join(args.out_dir, args.name)
     os.makedirs(run_dir, exist_ok=True)

@@ -20,6 +20,11 @@ Usage (default budget: 3 seeds x 3 methods x 2 envs x 4096 steps, two worker pro
 
 Writes ``benchmarks/results/rl_sample_efficiency.{json,png}``; run directories (TensorBoard,
 checkpoints) go to ``runs/rl_sample_efficiency/``. One torch thread per worker.
+
+Cost: the DiLQR actor's env step (rollout solve, horizon 20, 10 iterations) and its
+evaluations dominate; on a 2-core machine shared with other jobs the reduced run
+``--envs dilqr_rl/Pendulum-v0 --budget 1024 --eval-freq 512`` took the wall time recorded in
+the JSON (``wall_s``). The default budget was not timed end to end.
 """
 
 from __future__ import annotations

@@ -266,14 +266,14 @@ def main(argv=None):
                      "forward_ratio": f1 / f2, "backward_ratio": b1 / b2})
     acc = [accuracy(e, b) for e in tqdm(ENVS, desc="accuracy") for b in (False, True)]
     # scale: batch 1024, T = 50 pendulum, forward + implicit backward in one call
-    ctrl = ours("pendulum", 1024, 50, torch.float64, 50, 1e-7, 2.0)
+    ctrl = ours("pendulum", 1024, 50, torch.float64, 100, 1e-7, 2.0)
     x0 = initial_states("pendulum", 1024, torch.float64).requires_grad_(True)
     t0 = time.perf_counter()
     sol = ctrl(x0)
     t1 = time.perf_counter()
     sol.u.sum().backward()
     t2 = time.perf_counter()
-    scale = {"B": 1024, "T": 50, "max_iter": 50, "forward_s": t1 - t0, "backward_s": t2 - t1,
+    scale = {"B": 1024, "T": 50, "max_iter": 100, "forward_s": t1 - t0, "backward_s": t2 - t1,
              "per_sample_ms": (t2 - t0) / 1024 * 1e3,
              "converged_fraction": float(sol.converged.float().mean())}
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
