@@ -30,7 +30,8 @@ class ILQRConfig:
 
     :param max_iter: iteration cap
     :param tol: relative step tolerance: a sample converges when an accepted step moves the
-        controls by at most ``tol * (1 + max|u|)``. ``0`` never declares convergence, so exactly
+        controls, and the full iLQR step ``k`` would move them, by at most
+        ``tol * (1 + max|u|)``. ``0`` never declares convergence, so exactly
         ``max_iter`` iterations run (benchmarks compare at equal iteration counts this way).
     :param mu_init: initial Levenberg-Marquardt regularization of ``Quu``
     :param mu_min: regularization floor (the regularization decays towards it on success)
@@ -269,6 +270,9 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                     break
 
         step = (Un - us).abs().amax((1, 2))
+        # A small accepted step is not enough: a short line-search step along a long Newton
+        # direction also moves little. Converged means the full iLQR step k is small too.
+        newton_step = torch.maximum(step, gains.k.abs().amax((1, 2)))
         acc3 = accepted[:, None, None]
         xs_new = torch.where(acc3, Xn, xs)
         us_new = torch.where(acc3, Un, us)
@@ -276,13 +280,14 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         mus_new = torch.where(accepted, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
                               mus * cfg.mu_factor)
         if cfg.tol > 0:
-            conv = accepted & (step <= cfg.tol * (1 + us_new.abs().amax((1, 2))))
+            conv = accepted & (newton_step <= cfg.tol * (1 + us_new.abs().amax((1, 2))))
         else:
             conv = torch.zeros_like(accepted)
         stalled = ~accepted & (mus_new > cfg.mu_max)
 
         if cfg.newton_tol > 0:
-            small = accepted & (step <= cfg.newton_tol * (1 + us_new.abs().amax((1, 2))))
+            small = accepted & (newton_step <= cfg.newton_tol *
+                                (1 + us_new.abs().amax((1, 2))))
             newton = _put(newton, idx, (newton if idx is None else newton[idx]) | small)
         if cfg.record_history:
             full = torch.full((B,), math.nan, dtype=dt, device=dev)
