@@ -239,7 +239,7 @@ def make_expert_data(env: str, n_train: int = 100, n_val: int = 10, n_test: int 
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", dl.UnconvergedWarning)
         sol = ctrl(x0)
         x, u, ok = sol.x, sol.u, sol.converged
         for _ in range(5):

@@ -243,7 +243,7 @@ class MPCLearner(Learner):
             w = self.weights()
             kw = {"weights": w, "goal": self.goal, "terminal_weights": w[: self._n]}
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # counted below instead
+            warnings.simplefilter("ignore", dl.UnconvergedWarning)  # counted below instead
             sol = self.ctrl(x0, u_init=u_init, **kw)
         self.unconverged += int((~sol.converged).sum())
         return sol

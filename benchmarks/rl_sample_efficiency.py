@@ -91,7 +91,6 @@ def _mpc(job: tuple[str, dict[str, float], argparse.Namespace]) -> dict[str, Any
 
     torch.set_num_threads(1)
     from dilqr_rl.agents.rl import parse_kv  # noqa: F401  (registers envs via dilqr_rl)
-
     from dilqr_rl.sb3 import DiLQRActorCriticPolicy, controller_spec
 
     env_id, params, opt = job

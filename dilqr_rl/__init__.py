@@ -12,13 +12,13 @@ from .cost import Cost, FunctionCost, QuadraticCost
 from .dynamics import CartPole, Dynamics, Pendulum, Rocket
 from .grad import fixed_point_vjp
 from .ilqr import ILQRConfig, Solution, ilqr_solve, rollout
-from .layer import DiLQR, NotConvergedError
+from .layer import DiLQR, NotConvergedError, UnconvergedWarning
 from .lqr import box_qp, lqr_backward, lqr_rollout, lqr_solve
 
 __all__ = [
     "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NotConvergedError",
     "Pendulum", "QuadraticCost", "Rocket", "Solution", "box_qp", "fixed_point_vjp",
-    "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout",
+    "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout", "UnconvergedWarning",
 ]
 __version__ = "0.1.0"
 

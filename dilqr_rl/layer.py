@@ -14,11 +14,18 @@ from .dynamics import Dynamics
 from .grad import GRAD_MODES, solve_implicit
 from .ilqr import ILQRConfig, Solution, ilqr_solve
 
-__all__ = ["DiLQR", "NotConvergedError"]
+__all__ = ["DiLQR", "NotConvergedError", "UnconvergedWarning"]
 
 
 class NotConvergedError(RuntimeError):
     """Raised when ``ILQRConfig.on_unconverged == "raise"`` and a sample did not converge."""
+
+
+class UnconvergedWarning(RuntimeWarning):
+    """Issued when samples did not converge (``on_unconverged`` ``"warn"`` or ``"detach"``).
+
+    Callers that count unconverged solves themselves (receding-horizon loops, RL rollouts) can
+    silence exactly this with ``warnings.simplefilter("ignore", dl.UnconvergedWarning)``."""
 
 
 def _check_finite(name: str, v: Tensor) -> None:
@@ -77,6 +84,14 @@ class DiLQR(nn.Module):
         return self.dynamics.n_ctrl
 
     # ------------------------------------------------------------------ helpers
+    def bounds(self, B: int = 1, dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu") -> tuple[Tensor | None, Tensor | None]:
+        """The control bounds as ``(B, T, m)`` tensors, or ``(None, None)`` when unbounded.
+
+        :param B: batch size; :param dtype: dtype; :param device: device
+        """
+        return self._bounds(B, dtype, torch.device(device))
+
     def _bounds(self, B: int, dtype, device) -> tuple[Tensor | None, Tensor | None]:
         T, m = self.horizon, self.n_ctrl
         out = []
@@ -203,7 +218,7 @@ class DiLQR(nn.Module):
         if self.config.on_unconverged == "detach":
             msg = msg.replace("their gradient is taken at a point that is not a fixed point",
                               "they get no gradient (on_unconverged='detach')")
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, UnconvergedWarning, stacklevel=3)
 
     def act(self, x0: Tensor, **kwargs) -> Tensor:
         """Receding-horizon control: solve from ``x0`` warm-started with the previous solution

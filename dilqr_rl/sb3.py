@@ -249,7 +249,7 @@ class DiLQRActor(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             self.cost_net = nn.Sequential(*layers, last).to(self.dtype)
-        lo, hi = self.ctrl._bounds(1, self.dtype, torch.device("cpu"))
+        lo, hi = self.ctrl.bounds(1, self.dtype, "cpu")
         if lo is None or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             raise ValueError("the SB3 DiLQR actor needs finite control bounds (u_lower/u_upper)")
         a_lo = torch.as_tensor(action_space.low, dtype=self.dtype)
@@ -336,8 +336,7 @@ class DiLQRActor(nn.Module):
         u_init = self._init_plans(obs, x0)
         with warnings.catch_warnings():
             # counted and reported once below instead of a warning per call
-            warnings.filterwarnings("ignore", message="DiLQR: .* did not converge",
-                                    category=RuntimeWarning)
+            warnings.simplefilter("ignore", dl.UnconvergedWarning)
             sol = self.ctrl(x0, u_init=u_init, **self.cost_overrides(x0))
         bad = int((~sol.converged).sum())
         self.stats["solves"] += sol.converged.numel()

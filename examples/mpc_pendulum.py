@@ -30,7 +30,7 @@ def make_policy(env, model_mass: float, horizon: int, iters: int):
         import warnings
 
         with warnings.catch_warnings():  # a capped receding-horizon solve need not converge
-            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", dl.UnconvergedWarning)
             u = ctrl.act(torch.as_tensor(obs, dtype=torch.float64))
         return env.unwrapped.control_to_action(u)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import dilqr_rl.envs  # noqa: F401  (registers the dilqr_rl/ ids)
 import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO
 
+import dilqr_rl.envs  # noqa: F401  (registers the dilqr_rl/ ids)
 from dilqr_rl.sb3 import DiLQRActorCriticPolicy, configure_threads, controller_spec, dilqr_actor
 
 

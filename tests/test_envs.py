@@ -9,14 +9,14 @@ import subprocess
 import sys
 import warnings
 
-import dilqr_rl.envs as envs
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from dilqr_rl.envs.rendering import RenderError, display_available
 
 import dilqr_rl as dl
+import dilqr_rl.envs as envs
+from dilqr_rl.envs.rendering import RenderError, display_available
 
 torch.set_num_threads(1)
 

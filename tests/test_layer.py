@@ -102,7 +102,7 @@ def test_unconverged_warn_and_raise():
     cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
     x0 = x0s(2) * torch.tensor([-1.0, 1.0, 1.0], dtype=F64)
     warn = dl.DiLQR(dyn, cost, horizon=20, config=dl.ILQRConfig(max_iter=2))
-    with pytest.warns(RuntimeWarning, match="did not converge"):
+    with pytest.warns(dl.UnconvergedWarning, match="did not converge"):
         sol = warn(x0)
     assert not sol.converged.all()
     strict = dl.DiLQR(dyn, cost, horizon=20,

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 pytest.importorskip("stable_baselines3")
-import dilqr_rl.envs  # noqa: E402,F401
 from stable_baselines3 import A2C, PPO, SAC, TD3  # noqa: E402
 
+import dilqr_rl.envs  # noqa: E402,F401
 from dilqr_rl import sb3  # noqa: E402
 
 WRONG = {"dilqr_rl/Pendulum-v0": {"g": 7.0, "m": 1.3}, "dilqr_rl/MujocoPendulum-v0": {"l": 1.3},
