@@ -14,6 +14,9 @@ Usage::
     python benchmarks/backward.py            # full grid (about 15 min on 2 CPU cores)
     python benchmarks/backward.py --quick    # T in {10, 50}, iterations in {10, 300}
 
+Unrolled cells whose tape would exceed ``--max-tape-gb`` (extrapolated from the same problem
+at fewer iterations) are skipped and listed under ``skipped`` in the JSON.
+
 Writes ``benchmarks/results/backward.json`` and ``backward.png``.
 """
 
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--envs", nargs="+", default=["pendulum", "cartpole"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--max-tape-gb", type=float, default=3.0,
+                    help="skip unrolled cells whose extrapolated tape exceeds this (the machine "
+                         "has 24 GiB; a cart-pole cell at T=20, B=64, 300 iterations filled it)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
@@ -214,18 +220,36 @@ def main(argv: list[str] | None = None) -> None:
     for e in args.envs:
         for mode in MODES:
             run_cell(e, 5, 3, 2, mode, args.device, 1)
-    for cell in tqdm(cells, desc="backward benchmark"):
-        rows.append(run_cell(*cell, device=args.device, repeats=3))
-    summary = summarize(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": args.device, "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "dtype": "float64",
-            "timing": "best of up to 3 runs (1 if a run takes > 5 s)"}
+            "timing": "best of up to 3 runs (1 if a run takes > 5 s)",
+            "max_tape_gb": args.max_tape_gb}
+    skipped = []
+    for cell in tqdm(cells, desc="backward benchmark"):
+        env, T, it, B, mode = cell
+        if mode == "unroll":
+            # The unrolled tape grows linearly with the iterations; skip a cell whose tape,
+            # extrapolated from the same problem at fewer iterations, would not fit in memory.
+            prev = [r for r in rows if (r["env"], r["T"], r["B"], r["mode"]) ==
+                    (env, T, B, "unroll")]
+            if prev:
+                est = prev[-1]["saved_bytes"] * it / prev[-1]["iters"] / 1e9
+                if est > args.max_tape_gb:
+                    skipped.append({"env": env, "T": T, "iters": it, "B": B, "mode": mode,
+                                    "estimated_tape_gb": est})
+                    continue
+        rows.append(run_cell(*cell, device=args.device, repeats=3))
+        (out / "backward.partial.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                              indent=1))
+    summary = summarize(rows)
     (out / "backward.json").write_text(json.dumps({"meta": meta, "rows": rows,
-                                                   "summary": summary}, indent=1))
+                                                   "skipped": skipped, "summary": summary},
+                                                  indent=1))
+    (out / "backward.partial.json").unlink(missing_ok=True)
     plot(rows, out / "backward.png")
     print(f"threads={meta['threads']} device={args.device}")
     print(f"{'env':9} {'T':>4} {'B':>3} {'iters':>5} {'fwd/it ms':>9} {'impl ms':>8} "
@@ -234,9 +258,11 @@ def main(argv: list[str] | None = None) -> None:
         for T in Ts:
             for B in Bs:
                 for it in its:
-                    r = {m: next(x for x in rows if (x["env"], x["T"], x["B"], x["iters"],
-                                                     x["mode"]) == (e, T, B, it, m))
+                    r = {m: next((x for x in rows if (x["env"], x["T"], x["B"], x["iters"],
+                                                      x["mode"]) == (e, T, B, it, m)), None)
                          for m in MODES}
+                    if r["unroll"] is None:
+                        r["unroll"] = {"backward_s": math.nan, "saved_bytes": math.nan}
                     print(f"{e:9} {T:>4} {B:>3} {it:>5} "
                           f"{r['implicit']['forward_s'] / it * 1e3:>9.2f} "
                           f"{r['implicit']['backward_s'] * 1e3:>8.2f} "
