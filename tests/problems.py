@@ -96,6 +96,6 @@ def fd_check(dyn, cost, x0, T, lo, hi, grad="implicit", h=1e-6, directions=None,
             # control weight of 1e-3) are not swamped by it
             fd.append((8 * (vals[1.0] - vals[-1.0]) - (vals[2.0] - vals[-2.0])) / (12 * h))
             an.append((g * v).sum().item())
-        fd, an = torch.tensor(fd), torch.tensor(an)
+        fd, an = torch.tensor(fd, dtype=F64), torch.tensor(an, dtype=F64)
         errors[name] = ((fd - an).norm() / fd.norm().clamp_min(1e-12)).item()
     return errors, sol
