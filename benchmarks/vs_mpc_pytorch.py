@@ -256,6 +256,8 @@ def main(argv=None):
         time_ours(env, 2, 5, torch.float64, 2, 1)
         time_theirs(env, 2, 5, torch.float64, 2, 1)
     cells = [(e, B, T, d) for e in ENVS for d in dtypes for T in Ts for B in Bs]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    partial = Path(args.out) / "vs_mpc_pytorch.partial.json"
     for env, B, T, d in tqdm(cells, desc="speed"):
         f1, b1, m1 = time_ours(env, B, T, d, args.iters, 3)
         f2, b2, m2 = time_theirs(env, B, T, d, args.iters, 2)
@@ -264,6 +266,7 @@ def main(argv=None):
                      "dilqr_forward_s": f1, "dilqr_backward_s": b1, "dilqr_tape_bytes": m1,
                      "mpc_forward_s": f2, "mpc_backward_s": b2, "mpc_tape_bytes": m2,
                      "forward_ratio": f1 / f2, "backward_ratio": b1 / b2})
+        partial.write_text(json.dumps({"speed": rows}, indent=1))
     acc = [accuracy(e, b) for e in tqdm(ENVS, desc="accuracy") for b in (False, True)]
     # scale: batch 1024, T = 50 pendulum, forward + implicit backward in one call
     ctrl = ours("pendulum", 1024, 50, torch.float64, 100, 1e-7, 2.0)
@@ -285,6 +288,7 @@ def main(argv=None):
     (out / "vs_mpc_pytorch.json").write_text(json.dumps(
         {"meta": meta, "speed": rows, "accuracy": acc, "scale": scale}, indent=1))
     plot(rows, out / "vs_mpc_pytorch.png")
+    partial.unlink(missing_ok=True)
     print(f"threads={meta['threads']}, iterations={args.iters}")
     print(f"{'env':9} {'dtype':8} {'B':>4} {'T':>4} {'ours ms/it':>10} {'mpc ms/it':>10} "
           f"{'fwd ratio':>9} {'ours bwd':>9} {'mpc bwd':>9} {'bwd ratio':>9} {'tape MB':>15}")
