@@ -430,14 +430,8 @@ class DiLQRActorCriticPolicy(ActorCriticPolicy):
                              "actor is the controller, only the critic has hidden layers")
         if kwargs.get("use_sde"):
             raise ValueError("use_sde is not supported by the DiLQR actor")
-        _check_flatten(kwargs)
-        if kwargs.get("optimizer_class") in (None, torch.optim.Adam):
-            kwargs["optimizer_class"] = ScaledAdam
-            kwargs["optimizer_kwargs"] = {"eps": 1e-5, **(kwargs.get("optimizer_kwargs") or {})}
-        self._dilqr_kwargs = {"controller": dict(controller), "learn": learn,
-                              "cost_net_arch": tuple(cost_net_arch),
-                              "obs_to_state": obs_to_state, "plan_cache": int(plan_cache)}
-        self.controller_lr_scale = float(controller_lr_scale)
+        _init_dilqr(self, kwargs, controller, learn, cost_net_arch, obs_to_state,
+                    controller_lr_scale, plan_cache, adam_eps=1e-5)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=net_arch,
                          log_std_init=log_std_init, **kwargs)
 
@@ -454,9 +448,37 @@ class DiLQRActorCriticPolicy(ActorCriticPolicy):
         return self.action_net  # type: ignore[return-value]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(self._dilqr_kwargs, controller_lr_scale=self.controller_lr_scale)
-        return data
+        return _with_dilqr_kwargs(self, super()._get_constructor_parameters())
+
+
+def _init_dilqr(policy: Any, kwargs: dict[str, Any], controller: Mapping[str, Any], learn: str,
+                cost_net_arch: tuple[int, ...], obs_to_state: Any, controller_lr_scale: float,
+                plan_cache: int, adam_eps: float | None = None) -> None:
+    """The set-up every DiLQR policy shares (before SB3's ``__init__``): the controller's
+    keywords as plain data (what ``_get_constructor_parameters`` saves) and Adam with a
+    separate learning-rate factor for the controller's parameters."""
+    _check_flatten(kwargs)
+    if kwargs.get("optimizer_class") in (None, torch.optim.Adam):
+        kwargs["optimizer_class"] = ScaledAdam
+        if adam_eps is not None:
+            kwargs["optimizer_kwargs"] = {"eps": adam_eps,
+                                          **(kwargs.get("optimizer_kwargs") or {})}
+    policy._dilqr_kwargs = {"controller": dict(controller), "learn": learn,
+                            "cost_net_arch": tuple(cost_net_arch),
+                            "obs_to_state": obs_to_state, "plan_cache": int(plan_cache)}
+    policy.controller_lr_scale = float(controller_lr_scale)
+
+
+def _with_dilqr_kwargs(policy: Any, data: dict[str, Any]) -> dict[str, Any]:
+    data.update(policy._dilqr_kwargs, controller_lr_scale=policy.controller_lr_scale)
+    return data
+
+
+def _actor_optimizer(policy: Any, lr_schedule: Callable[[float], float]) -> None:
+    """SAC / TD3: the actor's optimizer with the controller (``mu.``) in its own group."""
+    policy.actor.optimizer = policy.optimizer_class(
+        _groups(list(policy.actor.named_parameters()), "mu.", policy.controller_lr_scale),
+        lr=lr_schedule(1), **policy.optimizer_kwargs)
 
 
 # ---------------------------------------------------------------------------- SAC
@@ -508,13 +530,8 @@ class DiLQRSACPolicy(SACPolicy):
                  obs_to_state: str | Callable[[Tensor], Tensor] | None = None,
                  controller_lr_scale: float = 30.0, plan_cache: int = 100_000,
                  net_arch: Any = None, **kwargs: Any):
-        _check_flatten(kwargs)
-        if kwargs.get("optimizer_class") in (None, torch.optim.Adam):
-            kwargs["optimizer_class"] = ScaledAdam
-        self._dilqr_kwargs = {"controller": dict(controller), "learn": learn,
-                              "cost_net_arch": tuple(cost_net_arch),
-                              "obs_to_state": obs_to_state, "plan_cache": int(plan_cache)}
-        self.controller_lr_scale = float(controller_lr_scale)
+        _init_dilqr(self, kwargs, controller, learn, cost_net_arch, obs_to_state,
+                    controller_lr_scale, plan_cache)
         super().__init__(observation_space, action_space, lr_schedule,
                          net_arch=net_arch or {"pi": [64], "qf": [256, 256]}, **kwargs)
 
@@ -524,14 +541,10 @@ class DiLQRSACPolicy(SACPolicy):
 
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
         super()._build(lr_schedule)
-        self.actor.optimizer = self.optimizer_class(
-            _groups(list(self.actor.named_parameters()), "mu.", self.controller_lr_scale),
-            lr=lr_schedule(1), **self.optimizer_kwargs)
+        _actor_optimizer(self, lr_schedule)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(self._dilqr_kwargs, controller_lr_scale=self.controller_lr_scale)
-        return data
+        return _with_dilqr_kwargs(self, super()._get_constructor_parameters())
 
 
 # ---------------------------------------------------------------------------- TD3
@@ -558,13 +571,8 @@ class DiLQRTD3Policy(TD3Policy):
                  obs_to_state: str | Callable[[Tensor], Tensor] | None = None,
                  controller_lr_scale: float = 30.0, plan_cache: int = 100_000,
                  net_arch: Any = None, **kwargs: Any):
-        _check_flatten(kwargs)
-        if kwargs.get("optimizer_class") in (None, torch.optim.Adam):
-            kwargs["optimizer_class"] = ScaledAdam
-        self._dilqr_kwargs = {"controller": dict(controller), "learn": learn,
-                              "cost_net_arch": tuple(cost_net_arch),
-                              "obs_to_state": obs_to_state, "plan_cache": int(plan_cache)}
-        self.controller_lr_scale = float(controller_lr_scale)
+        _init_dilqr(self, kwargs, controller, learn, cost_net_arch, obs_to_state,
+                    controller_lr_scale, plan_cache)
         super().__init__(observation_space, action_space, lr_schedule,
                          net_arch=net_arch or {"pi": [], "qf": [256, 256]}, **kwargs)
 
@@ -574,17 +582,13 @@ class DiLQRTD3Policy(TD3Policy):
 
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
         super()._build(lr_schedule)
-        self.actor.optimizer = self.optimizer_class(
-            _groups(list(self.actor.named_parameters()), "mu.", self.controller_lr_scale),
-            lr=lr_schedule(1), **self.optimizer_kwargs)
+        _actor_optimizer(self, lr_schedule)
         target: DiLQRActor = self.actor_target.mu  # type: ignore[assignment]
         target.sequential_warm_start = False
         target._plans = self.actor.mu._plans  # type: ignore[union-attr]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(self._dilqr_kwargs, controller_lr_scale=self.controller_lr_scale)
-        return data
+        return _with_dilqr_kwargs(self, super()._get_constructor_parameters())
 
 
 # ---------------------------------------------------------------------------- logging

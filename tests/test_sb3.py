@@ -27,14 +27,6 @@ ALGOS = {"ppo": (PPO, sb3.DiLQRActorCriticPolicy), "a2c": (A2C, sb3.DiLQRActorCr
          "sac": (SAC, sb3.DiLQRSACPolicy), "td3": (TD3, sb3.DiLQRTD3Policy)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    sb3.configure_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def spec(env_id: str, **kw) -> dict:
     return sb3.controller_spec(env_id, WRONG[env_id], horizon=kw.pop("horizon", 5),
                                max_iter=kw.pop("max_iter", 5), **kw)
