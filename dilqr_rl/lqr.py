@@ -136,54 +136,27 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         q = c[:, t] + (FtT @ vv[..., None])[..., 0]
         Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
         qx, qu = q[:, :n], q[:, n:]
-        if m == 1:
-            h = Quu[:, 0, 0] if mu is None else Quu[:, 0, 0] + mu
-            pd = h > 0
-            ok_prev = ok
-            ok = ok & pd
-            hs = torch.where(pd, h, torch.ones_like(h))
-            kt = -qu / hs[:, None]
-            Kt = -Qux / hs[:, None, None]
-            if boxed:
-                lo, hi = lower[:, t], upper[:, t]
-                fr = (kt > lo) & (kt < hi) & pd[:, None]
-                kt = torch.minimum(torch.maximum(kt, lo), hi)
-                # Non-positive curvature (possible with the exact Hessian): the minimum of a
-                # concave 1-D quadratic over a finite box is at the better bound; the control
-                # is clamped there and the step is still well defined.
-                both = torch.isfinite(lo) & torch.isfinite(hi)
-                f_lo = 0.5 * h[:, None] * lo**2 + qu * lo
-                f_hi = 0.5 * h[:, None] * hi**2 + qu * hi
-                kt = torch.where(pd[:, None], kt, torch.where(f_lo <= f_hi, lo, hi))
-                ok = ok | (both.all(-1) & (h <= 0) & ok_prev)
-            elif free is not None:
-                fr = free[:, t]
-                kt = torch.where(fr, kt, torch.zeros_like(kt))
-            else:
-                fr = torch.ones_like(kt, dtype=torch.bool)
-            Kt = torch.where(fr[..., None], Kt, torch.zeros_like(Kt))
+        H = Quu if mu is None else Quu + mu[:, None, None] * torch.eye(
+            m, dtype=F.dtype, device=F.device)
+        if boxed:
+            kt, fr, okq = box_qp(H, qu, lower[:, t], upper[:, t], iters=boxqp_iters)
+            ok = ok & okq
+            L, info = torch.linalg.cholesky_ex(_masked(H, fr))
+            ok = ok & (info == 0)
+            Kt = -torch.cholesky_solve(Qux * fr[..., None].to(F.dtype), L)
         else:
-            H = Quu if mu is None else Quu + mu[:, None, None] * torch.eye(
-                m, dtype=F.dtype, device=F.device)
-            if boxed:
-                kt, fr, okq = box_qp(H, qu, lower[:, t], upper[:, t], iters=boxqp_iters)
-                ok = ok & okq
-                L, info = torch.linalg.cholesky_ex(_masked(H, fr))
-                ok = ok & (info == 0)
-                Kt = -torch.cholesky_solve(Qux * fr[..., None].to(F.dtype), L)
+            fr = torch.ones_like(qu, dtype=torch.bool) if free is None else free[:, t]
+            Hm = _masked(H, fr)
+            rhs = torch.cat([qu[..., None], Qux], -1) * fr[..., None].to(F.dtype)
+            if mu is None:
+                # adjoint / plain LQR: Quu may be indefinite away from a minimum; LU
+                sol = torch.linalg.solve(Hm, rhs)
+                ok = ok & (torch.linalg.cholesky_ex(Hm)[1] == 0)
             else:
-                fr = torch.ones_like(qu, dtype=torch.bool) if free is None else free[:, t]
-                Hm = _masked(H, fr)
-                rhs = torch.cat([qu[..., None], Qux], -1) * fr[..., None].to(F.dtype)
-                if mu is None:
-                    # adjoint / plain LQR: Quu may be indefinite away from a minimum; LU
-                    sol = torch.linalg.solve(Hm, rhs)
-                    ok = ok & (torch.linalg.cholesky_ex(Hm)[1] == 0)
-                else:
-                    L, info = torch.linalg.cholesky_ex(Hm)
-                    ok = ok & (info == 0)
-                    sol = torch.cholesky_solve(rhs, L)
-                kt, Kt = -sol[..., 0], -sol[..., 1:]
+                L, info = torch.linalg.cholesky_ex(Hm)
+                ok = ok & (info == 0)
+                sol = torch.cholesky_solve(rhs, L)
+            kt, Kt = -sol[..., 0], -sol[..., 1:]
         KtT = Kt.transpose(-1, -2)
         QuuK = Quu @ Kt
         V = Qxx + KtT @ QuuK + KtT @ Qux + Qux.transpose(-1, -2) @ Kt
