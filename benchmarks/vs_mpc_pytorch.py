@@ -27,14 +27,17 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 import warnings
-import weakref
 from pathlib import Path
 
 import torch
 
 import dilqr_rl as dl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backward import SavedBytes  # noqa: E402  (the tape meter of the backward benchmark)
 
 ENVS = {
     # name: (weights over [x; u], goal, bound, mpc line-search decay, max line-search iters)
@@ -105,25 +108,6 @@ def theirs(env: str, B: int, T: int, dtype, iters: int, eps: float, bound: float
     return ctrl, dx, QuadCost(C, c), C, c
 
 
-class Tape:
-    """Bytes of the storages the tape still holds (see benchmarks/backward.py)."""
-
-    def __init__(self):
-        self.refs = []
-
-    def pack(self, t):
-        self.refs.append(weakref.ref(t))
-        return t
-
-    def total(self) -> int:
-        seen = {}
-        for r in self.refs:
-            t = r()
-            if t is not None:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return sum(seen.values())
-
-
 def _timed(solve, params, x0, repeats):
     """Best forward / backward time over ``repeats`` and the tape's bytes for one library.
 
@@ -131,13 +115,13 @@ def _timed(solve, params, x0, repeats):
     best = (math.inf, math.inf, 0)
     for _ in range(repeats):
         x0r = x0.clone().requires_grad_(True)
-        tape = Tape()
+        tape = SavedBytes()
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(tape.pack, lambda t: t):
             x, u = solve(x0r)
             loss = u.sum() + x.sum()
         t1 = time.perf_counter()
-        mem = tape.total()
+        mem = tape.total
         torch.autograd.grad(loss, [x0r, *params], allow_unused=True)
         t2 = time.perf_counter()
         best = (min(best[0], t1 - t0), min(best[1], t2 - t1), mem)
