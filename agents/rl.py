@@ -64,6 +64,11 @@ class TrainArgs:
     on_unconverged: str = field(default="warn", metadata={
         "help": "unconverged solves: 'warn' (gradient at the last iterate, counted and warned "
                 "once) or 'detach' (no gradient)"})
+    sysid_every: int = field(default=0, metadata={
+        "help": "DiLQR actors: fit the model's physical parameters to the observed transitions "
+                "every this many env steps (sb3.SystemIdCallback; 0: off, RL loss only)"})
+    sysid_steps: int = field(default=200, metadata={"help": "Adam steps per system-id fit"})
+    sysid_lr: float = field(default=0.02, metadata={"help": "Adam lr of the system-id fit"})
     total_timesteps: int = field(default=20_000, metadata={"help": "env-step budget"})
     seed: int = field(default=0, metadata={"help": "seed of SB3, envs and evaluation"})
     n_envs: int = field(default=1, metadata={"help": "number of (sequential) training envs"})
@@ -96,6 +101,10 @@ class TrainArgs:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.policy not in ("dilqr", "mlp"):
             raise ValueError(f"policy must be 'dilqr' or 'mlp', got {self.policy!r}")
+        if self.sysid_every < 0:
+            raise ValueError(f"sysid_every must be >= 0, got {self.sysid_every}")
+        if self.sysid_every and self.policy != "dilqr":
+            raise ValueError("sysid_every needs policy='dilqr' (an MLP has no model to fit)")
 
     @property
     def name(self) -> str:
@@ -227,7 +236,10 @@ def _callbacks(args: TrainArgs, run_dir: str, eval_env: Any) -> list[Any]:
                 self._evaluate()
             return True
 
-    cbs: list[Any] = [PeriodicEval(),
+    # the system-id fit comes first, so an evaluation at step t sees the fit of step t
+    cbs: list[Any] = ([sb3.SystemIdCallback(args.sysid_every, args.sysid_steps, args.sysid_lr)]
+                      if args.sysid_every else [])
+    cbs += [PeriodicEval(),
                       CheckpointCallback(max(args.checkpoint_freq // args.n_envs, 1),
                                          os.path.join(run_dir, "checkpoints"), "model",
                                          save_replay_buffer=args.algo in ("sac", "td3"))]
