@@ -102,6 +102,8 @@ __all__ = [
 
 LEARN_OPTIONS = ("dynamics", "cost", "cost_net")
 _DEFAULT_CONFIG = {"max_iter": 15, "tol": 1e-6, "on_unconverged": "warn"}
+#: lower bound of learned tracking-cost weights (:class:`ScaledAdam`)
+WEIGHT_FLOOR = 1e-6
 #: SAC's pre-squash mean is ``atanh((1 - SQUASH_EPS) a)``; see :class:`DiLQRSACPolicy`
 SQUASH_EPS = 1e-3
 
@@ -367,6 +369,12 @@ class ScaledAdam(torch.optim.Adam):
     SB3 sets every group's ``lr`` from its schedule before each update, so a group-specific
     learning rate must be a factor: the physical parameters (``g ~ 10``) need steps far larger
     than a network's weights (``controller_lr_scale`` of the policies).
+
+    A group may also carry a ``lower`` bound (float): after each step its parameters are
+    clamped to it (projected gradient). The policies put the tracking cost's ``weights`` and
+    ``terminal_weights`` in such a group with ``lower = WEIGHT_FLOOR``: an RL update can
+    otherwise push a control weight through zero, and the controller then refuses the
+    non-convex cost (``ValueError``) in the middle of training.
     """
 
     @torch.no_grad()
@@ -376,7 +384,12 @@ class ScaledAdam(torch.optim.Adam):
             g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
         try:
             with torch.enable_grad():
-                return super().step(closure)
+                loss = super().step(closure)
+            for g in self.param_groups:
+                if g.get("lower") is not None:
+                    for p in g["params"]:
+                        p.clamp_(min=g["lower"])
+            return loss
         finally:
             for g, lr in zip(self.param_groups, saved, strict=True):
                 g["lr"] = lr
@@ -385,10 +398,14 @@ class ScaledAdam(torch.optim.Adam):
 def _groups(params: list[tuple[str, nn.Parameter]], actor_prefix: str, scale: float
             ) -> list[dict[str, Any]]:
     rest = [p for k, p in params if p.requires_grad and not k.startswith(actor_prefix)]
-    ctrl = [p for k, p in params if p.requires_grad and k.startswith(actor_prefix)]
-    groups = [{"params": rest}]
-    if ctrl:
-        groups.append({"params": ctrl, "lr_scale": float(scale)})
+    ctrl = [(k, p) for k, p in params if p.requires_grad and k.startswith(actor_prefix)]
+    weights = [p for k, p in ctrl if k.endswith((".cost.weights", ".cost.terminal_weights"))]
+    other = [p for k, p in ctrl if not k.endswith((".cost.weights", ".cost.terminal_weights"))]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if other:
+        groups.append({"params": other, "lr_scale": float(scale)})
+    if weights:
+        groups.append({"params": weights, "lr_scale": float(scale), "lower": WEIGHT_FLOOR})
     return groups
 
 

@@ -312,3 +312,29 @@ def test_system_id_bad_arguments() -> None:
 
     with pytest.raises(ValueError, match="sysid_every"):
         TrainArgs(policy="mlp", sysid_every=64)
+
+
+def test_learned_cost_weights_stay_positive() -> None:
+    """An RL step that would push a control weight through zero is projected back to
+    ``WEIGHT_FLOOR``, so the controller keeps a convex cost (it raises ValueError otherwise)."""
+    model = make("sac", "dilqr_rl/Pendulum-v0", learn="cost")
+    actor = sb3.dilqr_actor(model.policy)
+    opt = model.policy.actor.optimizer
+    group = next(g for g in opt.param_groups if g.get("lower") is not None)
+    w = actor.ctrl.cost.weights
+    assert any(p is w for p in group["params"])
+    # a gradient pointing all weights up: Adam's first step moves each by ~lr * scale
+    lr0 = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] = 10.0
+    opt.zero_grad()
+    (1e3 * w.sum()).backward()
+    opt.step()
+    assert bool((w >= sb3.WEIGHT_FLOOR).all()) and bool((w == sb3.WEIGHT_FLOOR).any())
+    for g, lr in zip(opt.param_groups, lr0, strict=True):
+        g["lr"] = lr
+    # the controller still solves with the projected weights
+    obs = torch.tensor([[1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        a = actor(obs)
+    assert torch.isfinite(a).all()
