@@ -64,6 +64,11 @@ first time. With ``on_unconverged="warn"`` (default here) their gradient is take
 iterate, which is not a fixed point: an approximation. With ``on_unconverged="detach"`` they get
 no gradient (a zero contribution, counted in the same statistic).
 
+**System identification.** :class:`SystemIdCallback` (``dilqr-rl train --sysid-every N``)
+also fits the physical parameters to the one-step transitions the agent collects, a supervised
+signal that the RL loss lacks (it is zero at saturated first controls); it works with all four
+algorithms.
+
 **Threads.** SB3 on small problems is slowed down a lot by intra-op parallelism on tiny
 matrices (DESIGN.md "Threads"); call :func:`configure_threads` (``torch.set_num_threads(1)``)
 once per process, as ``dilqr_rl.agents.rl`` does.
