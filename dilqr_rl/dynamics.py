@@ -329,13 +329,15 @@ class CartPole(Dynamics):
         return xn, F
 
     def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
-        # Closed form over z = (pos, vel, cos, sin, w, u). pos' and vel-independent parts are
-        # linear, so only the 4 coordinates y = (c, s, w, u) curve:
+        # Closed form over z = (pos, vel, cos, sin, w, u). pos' and vel' are linear in z
+        # except through the accelerations, so only y = (c, s, w, u) curves:
         #   sum_i lam_i hess f_i = dt (lam1 hess x_acc + lam4 hess th_acc)
         #                          + alpha g g^T + beta hess(atan2)     (as in Pendulum)
-        # with th_acc = num / den(c), num = g s - c ci, ci = (u + pml w^2 s) / M and
-        # x_acc = ci - k c th_acc, k = pml / M. Checked against double backward in
-        # tests/test_dynamics.py.
+        # with th_acc = num / den(c), num = g s - c ci, ci = (u + pml w^2 s) / M,
+        # x_acc = ci - k c th_acc, k = pml / M; so hess x_acc = hess ci - k (c hess th_acc +
+        # e_c grad th_acc^T + grad th_acc e_c^T). Written entry by entry (10 distinct ones,
+        # 4 of them zero) because this runs on every B*T pair of every Newton-polish iteration.
+        # Checked against double backward in tests/test_dynamics.py.
         g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
         _, _, c, s, w = x.unbind(-1)
         uu = u[..., 0]
@@ -346,48 +348,43 @@ class CartPole(Dynamics):
         ci = (uu + pml * w**2 * s) / M
         den = l * (4.0 / 3.0 - mp * c**2 / M)
         num = g * s - c * ci
-        zero = torch.zeros_like(c)
-
-        def vec(*e: Tensor) -> Tensor:
-            return torch.stack([t.expand_as(c) for t in e], -1)
-
-        def sym(entries: dict[tuple[int, int], Tensor]) -> Tensor:
-            rows = [[zero] * 4 for _ in range(4)]
-            for (i, j), v in entries.items():
-                rows[i][j] = rows[j][i] = v.expand_as(c)
-            return torch.stack([torch.stack(r, -1) for r in rows], -2)
-
         ci_s, ci_w, ci_u = pml * w**2 / M, 2 * pml * w * s / M, 1.0 / M
         ci_ws, ci_ww = 2 * pml * w / M, 2 * pml * s / M
         d1, d2 = -2 * l * mp * c / M, -2 * l * mp / M  # den', den''
-        dn = vec(-ci, g - c * ci_s, -c * ci_w, -c * ci_u)  # grad num over y
-        e_c = vec(c.new_ones(()), zero, zero, zero)
-        h_num = sym({(0, 1): -ci_s, (0, 2): -ci_w, (0, 3): -ci_u + zero, (1, 2): -c * ci_ws,
-                     (2, 2): -c * ci_ww})
-        h_ci = sym({(1, 2): ci_ws, (2, 2): ci_ww})
-        den_, d1_ = den[..., None, None], d1[..., None, None]
-        outer = dn[..., :, None] * e_c[..., None, :]
-        h_ta = (h_num / den_ - (outer + outer.mT) * d1_ / den_**2
-                + (num * (2 * d1**2 / den**3 - d2 / den**2))[..., None, None]
-                * e_c[..., :, None] * e_c[..., None, :])
-        g_ta = dn / den[..., None] - (num * d1 / den**2)[..., None] * e_c
+        dn0, dn1, dn2, dn3 = -ci, g - c * ci_s, -c * ci_w, -c * ci_u  # grad num over y
+        iden, iden2 = 1.0 / den, 1.0 / den**2
+        # grad th_acc
+        gt0, gt1, gt2, gt3 = dn0 * iden - num * d1 * iden2, dn1 * iden, dn2 * iden, dn3 * iden
         lam1, lam2, lam3, lam4 = lam[..., 1], lam[..., 2], lam[..., 3], lam[..., 4]
-        mix = g_ta[..., :, None] * e_c[..., None, :]
-        H = dt * (lam1[..., None, None] * h_ci
-                  + (lam4 - lam1 * k * c)[..., None, None] * h_ta
-                  - (lam1 * k)[..., None, None] * (mix + mix.mT))
-        # the angle: th' = atan2(s, c) + dt w
+        a = lam4 - lam1 * k * c  # weight of hess th_acc
+        b = lam1 * k  # weight of the e_c grad th_acc^T terms
+        # the angle th' = atan2(s, c) + dt w: alpha g g^T + beta hess(atan2)
         r2 = c * c + s * s
         new_th = torch.atan2(s, c) + dt * w
         cn, sn = torch.cos(new_th), torch.sin(new_th)
         alpha = -(lam2 * cn + lam3 * sn)
         beta = lam3 * cn - lam2 * sn
-        gth = vec(-s / r2, c / r2, torch.full_like(c, dt), zero)
+        g0, g1 = -s / r2, c / r2
         r4 = r2 * r2
-        h_at = sym({(0, 0): 2 * c * s / r4, (1, 1): -2 * c * s / r4, (0, 1): (s * s - c * c) / r4})
-        H = H + alpha[..., None, None] * gth[..., :, None] * gth[..., None, :] \
-            + beta[..., None, None] * h_at
-        return torch.nn.functional.pad(H, (2, 0, 2, 0))
+        h00 = dt * (a * (-2 * dn0 * d1 * iden2 + num * (2 * d1**2 * iden * iden2 - d2 * iden2))
+                    - 2 * b * gt0) + alpha * g0 * g0 + beta * (2 * c * s / r4)
+        h01 = dt * (a * (-ci_s * iden - dn1 * d1 * iden2) - b * gt1) + alpha * g0 * g1 \
+            + beta * ((s * s - c * c) / r4)
+        h02 = dt * (a * (-ci_w * iden - dn2 * d1 * iden2) - b * gt2) + alpha * g0 * dt
+        h03 = dt * (a * (-ci_u * iden - dn3 * d1 * iden2) - b * gt3)
+        h11 = alpha * g1 * g1 + beta * (-2 * c * s / r4)
+        h12 = dt * (lam1 * ci_ws - a * c * ci_ws * iden) + alpha * g1 * dt
+        h22 = dt * (lam1 * ci_ww - a * c * ci_ww * iden) + alpha * dt * dt
+        z = torch.zeros_like(c)
+        h00, h01, h02, h03, h11, h12, h22 = (t.expand_as(c) for t in
+                                             (h00, h01, h02, h03, h11, h12, h22))
+        H = torch.stack([z, z, z, z, z, z,
+                         z, z, z, z, z, z,
+                         z, z, h00, h01, h02, h03,
+                         z, z, h01, h11, h12, z,
+                         z, z, h02, h12, h22, z,
+                         z, z, h03, z, z, z], -1)
+        return H.reshape(*c.shape, 6, 6)
 
 
 class Rocket(Dynamics):

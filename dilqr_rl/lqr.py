@@ -120,6 +120,8 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
     B, T, n, nz = F.shape
     m = nz - n
     if m == 1:
+        if F.device.type == "cpu" and B >= BATCH_LAST_MIN_B:
+            return _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free)
         return _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free)
     V, v = CT, cT
     Ks, ks, frees = [None] * T, [None] * T, [None] * T
@@ -223,6 +225,71 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
     qu, Quu = torch.stack(qus, 1), torch.stack(Quus, 1)
     dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
     return LQRGains(torch.stack(Ks, 1), k, torch.stack(frees, 1), dV, ok)
+
+
+#: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
+BATCH_LAST_MIN_B = 64
+
+
+def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
+    """:func:`_riccati_scalar` with the batch as the last, contiguous dimension.
+
+    On CPU, ``torch.bmm`` multiplies a batch of tiny matrices one GEMM call at a time (~0.3 us
+    each: 65 us for 256 products of 5x5 by 5x6), while the same product written as a broadcast
+    multiply-and-sum over ``(rows, inner, cols, B)`` tensors is vectorized along ``B`` (20 us).
+    One copy of the inputs into this layout, then every step is elementwise. Same arithmetic
+    and results as :func:`_riccati_scalar` up to rounding.
+    """
+    B, T, n, nz = F.shape
+    dt = F.dtype
+    Fl = F.permute(1, 2, 3, 0).contiguous()  # (T, n, nz, B)
+    FTl = Fl.transpose(1, 2)  # (T, nz, n, B)
+    Cl = C.permute(1, 2, 3, 0).contiguous()  # (T, nz, nz, B)
+    cl = c.permute(1, 2, 0).contiguous()  # (T, nz, B)
+    fl = None if f is None else f.permute(1, 2, 0).contiguous()  # (T, n, B)
+    V = CT.permute(1, 2, 0).contiguous()  # (n, n, B)
+    v = cT.t().contiguous()  # (n, B)
+    boxed = lower is not None
+    if boxed:
+        lo_l, hi_l = lower[..., 0].t().contiguous(), upper[..., 0].t().contiguous()  # (T, B)
+        both = torch.isfinite(lo_l) & torch.isfinite(hi_l)
+    free_l = None if free is None else free[..., 0].t()
+    Ks, ks, frees, Quus, qus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
+    ok = torch.ones(B, dtype=torch.bool, device=F.device)
+    for t in range(T - 1, -1, -1):
+        Ft = Fl[t]
+        vv = v if fl is None else v + (V * fl[t][None]).sum(1)
+        VF = (V[:, :, None] * Ft[None]).sum(1)  # (n, nz, B)
+        Q = Cl[t] + (FTl[t][:, :, None] * VF[None]).sum(1)  # (nz, nz, B)
+        q = cl[t] + (Ft * vv[:, None]).sum(0)  # (nz, B)
+        Qux, Quu, qu = Q[n, :n], Q[n, n], q[n]  # (n, B), (B,), (B,)
+        h = Quu if mu is None else Quu + mu
+        pd = h > 0
+        hs = torch.where(pd, h, 1.0)
+        k = -qu / hs
+        if boxed:
+            lo, hi = lo_l[t], hi_l[t]
+            fr = pd & (k > lo) & (k < hi)
+            k = torch.minimum(torch.maximum(k, lo), hi)
+            if not free_of_concavity(pd):
+                better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
+                k = torch.where(pd, k, torch.where(better_lo, lo, hi))
+                pd = pd | both[t]
+        elif free_l is not None:
+            fr = free_l[t] & pd
+            k = k * fr
+        else:
+            fr = pd
+        ok = ok & pd
+        sc = fr / hs  # (B,)
+        V = Q[:n, :n] + (sc * sc * Quu - 2 * sc) * Qux[:, None] * Qux[None, :]
+        v = q[:n] + Qux * (k - sc * (Quu * k + qu))
+        Ks[t], ks[t], frees[t], Quus[t], qus[t] = -sc * Qux, k, fr, Quu, qu
+    k = torch.stack(ks, 1)[..., None]  # (B, T, 1)
+    qu, Quu = torch.stack(qus, 1)[..., None], torch.stack(Quus, 1)[..., None]
+    dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
+    K = torch.stack(Ks, 0).permute(2, 0, 1)[:, :, None, :]  # (B, T, 1, n)
+    return LQRGains(K, k, torch.stack(frees, 1)[..., None], dV, ok)
 
 
 def free_of_concavity(pd: Tensor) -> bool:

@@ -203,3 +203,39 @@ def test_ilqr_on_linear_problem_is_the_constrained_optimum():
     at_hi = sol.u.detach() >= 1.0
     assert at_lo.any() or at_hi.any()
     assert (gu[at_lo] >= -1e-10).all() and (gu[at_hi] <= 1e-10).all()
+
+
+def test_scalar_riccati_batch_last_layout_matches():
+    """From ``BATCH_LAST_MIN_B`` samples on CPU the m = 1 pass runs batch-last; it must equal
+    the dense KKT solve (free and masked controls) and the batch-major pass (boxed, with
+    Levenberg-Marquardt, an affine term, and some concave Quu)."""
+    from dilqr_rl import lqr
+
+    B, T, n = lqr.BATCH_LAST_MIN_B + 16, 5, 3
+    F, f, C, c, CT, cT, x0 = random_lqr(B, T, n, 1, seed=11)
+    x, u, _ = dl.lqr_solve(F, C, c, CT, cT, x0, f=f)
+    free = torch.rand(B, T, 1, generator=torch.Generator().manual_seed(3)) > 0.4
+    xm, um, _ = dl.lqr_solve(F, C, c, CT, cT, x0, f=f, free=free)
+    for b in (0, B // 2, B - 1):
+        xr, ur = dense_kkt(F[b], f[b], C[b], c[b], CT[b], cT[b], x0[b])
+        torch.testing.assert_close(u[b], ur, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(x[b], xr, rtol=1e-9, atol=1e-9)
+        xr, ur = dense_kkt(F[b], f[b], C[b], c[b], CT[b], cT[b], x0[b], fixed=~free[b])
+        torch.testing.assert_close(um[b], ur, rtol=1e-9, atol=1e-9)
+    Cc = C.clone()
+    Cc[: B // 4, :, n, n] -= 50.0  # concave in u for a quarter of the samples
+    lo = -0.3 * torch.ones(B, T, 1, dtype=F64)
+    hi = 0.3 * torch.ones(B, T, 1, dtype=F64)
+    hi[::5] = float("inf")
+    mu = torch.rand(B, dtype=F64, generator=torch.Generator().manual_seed(4))
+    for kw in ({"lower": lo, "upper": hi, "mu": mu, "f": f}, {"free": free, "f": f},
+               {"mu": mu}):
+        a = lqr._riccati_scalar(F, Cc, 5 * c, CT, cT, kw.get("f"), kw.get("mu"), kw.get("lower"),
+                                kw.get("upper"), kw.get("free"))
+        b = dl.lqr_backward(F, Cc, 5 * c, CT, cT, **kw)
+        for name in ("K", "k", "dV"):
+            # (a concave sample with an infinite bound is unbounded: NaN in both, ok False)
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-12,
+                                       atol=1e-12, equal_nan=True)
+        assert torch.equal(b.free, a.free) and torch.equal(b.ok, a.ok)
+    assert not bool(a.ok.all())  # the concave samples are reported
