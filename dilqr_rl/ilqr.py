@@ -166,10 +166,10 @@ def _line_search(dynamics: Dynamics, cost: Cost, alphas: Tensor, x0: Tensor, the
     xa = x0.unsqueeze(0).expand(A, b, x0.shape[-1]).reshape(A * b, -1)
     tha = theta.unsqueeze(0).expand(A, *theta.shape).reshape(A * b, -1)
     xs_a, us_a = [xa], []
+    ff = u + alphas[:, None, None, None] * gains.k  # (A, b, T, m) feedforward of every alpha
     for t in range(T):
         dx = xa.reshape(A, b, -1) - x[:, t]
-        ua = u[:, t] + alphas[:, None, None] * gains.k[:, t] + \
-            (gains.K[:, t] @ dx[..., None])[..., 0]
+        ua = ff[:, :, t] + (gains.K[:, t] @ dx[..., None])[..., 0]
         if lower is not None:
             ua = torch.minimum(torch.maximum(ua, lower[:, t]), upper[:, t])
         ua = ua.reshape(A * b, m)

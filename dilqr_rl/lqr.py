@@ -187,8 +187,7 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
     boxed = lower is not None
     if boxed:
         both = torch.isfinite(lower) & torch.isfinite(upper)
-    Ks, ks, frees, Quus, qus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
-    ok = torch.ones(B, dtype=torch.bool, device=F.device)
+    scs, Quxs, ks, frees, Quus, qus, pds = ([None] * T for _ in range(7))
     for t in range(T - 1, -1, -1):
         FtT = FT[:, t]
         Q = C[:, t] + FtT @ (V @ F[:, t])
@@ -216,15 +215,17 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
             k = k * fr
         else:
             fr = pd
-        ok = ok & pd[:, 0]
         sc = fr / hs  # (B, 1)
-        V = Q[:, :n, :n] + ((sc * sc * Quu - 2 * sc)[..., None] * Qux.transpose(-1, -2)) @ Qux
+        V = Q[:, :n, :n] + ((sc * (sc * Quu - 2))[..., None] * Qux.transpose(-1, -2)) @ Qux
         v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
-        Ks[t], ks[t], frees[t], Quus[t], qus[t] = -sc[..., None] * Qux, k, fr, Quu, qu
+        # per-step outputs are combined after the loop (fewer small ops per step)
+        scs[t], Quxs[t], ks[t], frees[t], Quus[t], qus[t], pds[t] = sc, Qux, k, fr, Quu, qu, pd
     k = torch.stack(ks, 1)
     qu, Quu = torch.stack(qus, 1), torch.stack(Quus, 1)
     dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
-    return LQRGains(torch.stack(Ks, 1), k, torch.stack(frees, 1), dV, ok)
+    K = -torch.stack(scs, 1)[..., None] * torch.stack(Quxs, 1)
+    ok = torch.stack(pds, 1).all(1)[:, 0]
+    return LQRGains(K, k, torch.stack(frees, 1), dV, ok)
 
 
 #: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
