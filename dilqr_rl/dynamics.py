@@ -41,6 +41,10 @@ class Dynamics(nn.Module):
     #: Default box bounds on the controls (``None``: unbounded); a controller may override.
     u_lower: float | None = None
     u_upper: float | None = None
+    #: Whether every parameter is a positive physical quantity (masses, lengths, inertias,
+    #: gravity). Trainers that update the parameters (``dilqr_rl.sb3``) then keep them
+    #: positive; a generic model keeps the default ``False`` (signed parameters).
+    positive_params: bool = False
 
     # ------------------------------------------------------------------ parameters
     def param_names(self) -> list[str]:
@@ -173,6 +177,7 @@ class Pendulum(Dynamics):
     clamp inside the model would zero the gradient at them.
     """
 
+    positive_params = True
     n_state = 3
     n_ctrl = 1
     u_lower = -2.0
@@ -252,6 +257,7 @@ class CartPole(Dynamics):
     ``|u| <= 100``, parameters ``(g, m_cart, m_pole, l)``, ``dt = 0.05``, explicit Euler.
     """
 
+    positive_params = True
     n_state = 5
     n_ctrl = 1
     u_lower = -100.0
@@ -398,6 +404,7 @@ class Rocket(Dynamics):
     renormalizes after each true step.
     """
 
+    positive_params = True
     n_state = 13
     n_ctrl = 3
     u_lower = -20.0

@@ -109,6 +109,8 @@ LEARN_OPTIONS = ("dynamics", "cost", "cost_net")
 _DEFAULT_CONFIG = {"max_iter": 15, "tol": 1e-6, "on_unconverged": "warn"}
 #: lower bound of learned tracking-cost weights (:class:`ScaledAdam`)
 WEIGHT_FLOOR = 1e-6
+#: positive physical parameters stay >= this fraction of their initial value
+PARAM_FLOOR = 0.01
 #: SAC's pre-squash mean is ``atanh((1 - SQUASH_EPS) a)``; see :class:`DiLQRSACPolicy`
 SQUASH_EPS = 1e-3
 
@@ -379,7 +381,9 @@ class ScaledAdam(torch.optim.Adam):
     clamped to it (projected gradient). The policies put the tracking cost's ``weights`` and
     ``terminal_weights`` in such a group with ``lower = WEIGHT_FLOOR``: an RL update can
     otherwise push a control weight through zero, and the controller then refuses the
-    non-convex cost (``ValueError``) in the middle of training.
+    non-convex cost (``ValueError``) in the middle of training. Likewise each physical
+    parameter of a model with ``positive_params`` (all built-in models) stays above
+    ``PARAM_FLOOR`` times its initial value: PPO alone drove a pendulum's length to -0.15.
     """
 
     @torch.no_grad()
@@ -400,17 +404,25 @@ class ScaledAdam(torch.optim.Adam):
                 g["lr"] = lr
 
 
-def _groups(params: list[tuple[str, nn.Parameter]], actor_prefix: str, scale: float
-            ) -> list[dict[str, Any]]:
+def _groups(params: list[tuple[str, nn.Parameter]], actor_prefix: str, scale: float,
+            actor: DiLQRActor) -> list[dict[str, Any]]:
+    """Optimizer groups: the rest, and the controller's parameters at ``lr * scale``, with a
+    lower bound (:class:`ScaledAdam`) for cost weights and for positive physical parameters."""
     rest = [p for k, p in params if p.requires_grad and not k.startswith(actor_prefix)]
     ctrl = [(k, p) for k, p in params if p.requires_grad and k.startswith(actor_prefix)]
-    weights = [p for k, p in ctrl if k.endswith((".cost.weights", ".cost.terminal_weights"))]
-    other = [p for k, p in ctrl if not k.endswith((".cost.weights", ".cost.terminal_weights"))]
+    positive = actor.ctrl.dynamics.positive_params
     groups: list[dict[str, Any]] = [{"params": rest}]
+    other = []
+    for k, p in ctrl:
+        if k.endswith((".cost.weights", ".cost.terminal_weights")):
+            groups.append({"params": [p], "lr_scale": float(scale), "lower": WEIGHT_FLOOR})
+        elif positive and ".ctrl.dynamics." in k:
+            groups.append({"params": [p], "lr_scale": float(scale),
+                           "lower": PARAM_FLOOR * float(p.detach().abs().max())})
+        else:
+            other.append(p)
     if other:
-        groups.append({"params": other, "lr_scale": float(scale)})
-    if weights:
-        groups.append({"params": weights, "lr_scale": float(scale), "lower": WEIGHT_FLOOR})
+        groups.insert(1, {"params": other, "lr_scale": float(scale)})
     return groups
 
 
@@ -462,7 +474,8 @@ class DiLQRActorCriticPolicy(ActorCriticPolicy):
         super()._build(lr_schedule)
         self.action_net = DiLQRActor(action_space=self.action_space, **self._dilqr_kwargs)
         self.optimizer = self.optimizer_class(
-            _groups(list(self.named_parameters()), "action_net.", self.controller_lr_scale),
+            _groups(list(self.named_parameters()), "action_net.", self.controller_lr_scale,
+                    self.action_net),
             lr=lr_schedule(1), **self.optimizer_kwargs)
 
     @property
@@ -500,7 +513,8 @@ def _with_dilqr_kwargs(policy: Any, data: dict[str, Any]) -> dict[str, Any]:
 def _actor_optimizer(policy: Any, lr_schedule: Callable[[float], float]) -> None:
     """SAC / TD3: the actor's optimizer with the controller (``mu.``) in its own group."""
     policy.actor.optimizer = policy.optimizer_class(
-        _groups(list(policy.actor.named_parameters()), "mu.", policy.controller_lr_scale),
+        _groups(list(policy.actor.named_parameters()), "mu.", policy.controller_lr_scale,
+                dilqr_actor(policy.actor)),
         lr=lr_schedule(1), **policy.optimizer_kwargs)
 
 
@@ -765,6 +779,7 @@ class SystemIdCallback(BaseCallback):
             p.requires_grad_(True)
         if self._opt is None:
             self._opt = torch.optim.Adam(params, lr=self.lr)
+            self._floors = [PARAM_FLOOR * float(p.detach().abs().max()) for p in params]
         x, u, y = self._x[:self._n], self._u[:self._n], self._y[:self._n]
         scale = (y - x).std(0).clamp_min(1e-6) if self._n > 1 else torch.ones_like(x[0])
         gen = torch.Generator().manual_seed(self._n)
@@ -784,6 +799,10 @@ class SystemIdCallback(BaseCallback):
                 loss = loss_fn(idx)
                 loss.backward()
                 self._opt.step()
+                if dyn.positive_params:
+                    with torch.no_grad():
+                        for p, lo in zip(params, self._floors, strict=True):
+                            p.clamp_(min=lo)
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     with torch.no_grad():
                         for p, s in zip(params, saved, strict=True):

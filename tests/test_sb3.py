@@ -338,3 +338,22 @@ def test_learned_cost_weights_stay_positive() -> None:
     with torch.no_grad():
         a = actor(obs)
     assert torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "td3"])
+def test_physical_parameters_stay_positive(algo: str) -> None:
+    """Built-in models have positive parameters; an RL step that would push one through zero
+    stops at ``PARAM_FLOOR`` times its initial value (PPO alone once drove l to -0.15)."""
+    model = make(algo, "dilqr_rl/Pendulum-v0", learn="dynamics")
+    actor = sb3.dilqr_actor(model.policy)
+    opt = model.policy.optimizer if algo == "ppo" else model.policy.actor.optimizer
+    dyn = actor.ctrl.dynamics
+    start = {k: float(v) for k, v in zip(dyn.param_names(), dyn.theta().detach(), strict=True)}
+    for g in opt.param_groups:
+        g["lr"] = 100.0
+    opt.zero_grad()
+    (1e3 * dyn.theta().sum()).backward()  # every parameter pushed down by ~lr * scale
+    opt.step()
+    got = dict(zip(dyn.param_names(), dyn.theta().detach().tolist(), strict=True))
+    for k, v in got.items():
+        assert v == pytest.approx(sb3.PARAM_FLOOR * start[k], rel=1e-12), k
