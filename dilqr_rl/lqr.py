@@ -1,7 +1,8 @@
 """Batched time-varying LQR with box-constrained controls: pure functions, no module state.
 
-Notation (batch-major everywhere): ``B`` batch, ``T`` horizon, ``n`` states, ``m`` controls,
-``z_t = [x_t; u_t]``. The problem in deviation coordinates is
+Notation (batch-major in every interface; internally, the m = 1 Riccati pass on CPU switches
+to a batch-last layout from ``BATCH_LAST_MIN_B`` samples on): ``B`` batch, ``T`` horizon,
+``n`` states, ``m`` controls, ``z_t = [x_t; u_t]``. The problem in deviation coordinates is
 
     min  sum_{t<T} 1/2 z_t^T C_t z_t + c_t^T z_t  +  1/2 x_T^T C_T x_T + c_T^T x_T
     s.t. x_{t+1} = F_t z_t + f_t,   x_0 given,   lower_t <= u_t <= upper_t.
