@@ -173,6 +173,41 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
                     torch.stack([dV1, dV2], -1), ok)
 
 
+def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, lo: Tensor | None,
+                    hi: Tensor | None, both: Tensor | None, free: Tensor | None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step's control in the scalar Riccati pass, elementwise (any batch layout).
+
+    :param Quu: ``Quu``; :param qu: ``qu``; :param mu: regularization added to ``Quu`` or
+        ``None``; all of the same shape (or broadcastable)
+    :param lo: lower bound, :param hi: upper bound, :param both: where both are finite;
+        ``None`` when unboxed
+    :param free: the fixed free mask (unboxed only) or ``None``
+    :return: ``k = clamp(-qu / h)`` with ``h = Quu + mu``; ``fr`` (free, not clamped);
+        ``pd`` (``h > 0``, or a concave step resolved at a finite bound); ``s = fr / h``
+    """
+    h = Quu if mu is None else Quu + mu
+    pd = h > 0
+    hs = torch.where(pd, h, 1.0)
+    k = -qu / hs
+    if lo is not None:
+        fr = pd & (k > lo) & (k < hi)
+        k = torch.minimum(torch.maximum(k, lo), hi)
+        if not free_of_concavity(pd):
+            # Non-positive curvature (possible with the exact Hessian): the minimum of a
+            # concave 1-D quadratic over a finite box is at the better bound, so the control
+            # is clamped there and the step is still well defined.
+            better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
+            k = torch.where(pd, k, torch.where(better_lo, lo, hi))
+            pd = pd | both
+    elif free is not None:
+        fr = free & pd
+        k = k * fr
+    else:
+        fr = pd
+    return k, fr, pd, fr / hs
+
+
 def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
     """:func:`lqr_backward` for ``m = 1``: scalar ``Quu``, closed-form clamping, no LAPACK,
     and as few tensor operations per step as possible (Python overhead dominates the time of
@@ -185,9 +220,12 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
     dt = F.dtype
     V, v = CT, cT
     FT = F.transpose(-1, -2)
-    boxed = lower is not None
-    if boxed:
-        both = torch.isfinite(lower) & torch.isfinite(upper)
+    # per-step views, taken once: (lower, upper, both finite) and the free mask, (B, 1) each
+    bounds = ([(None, None, None)] * T if lower is None else
+              list(zip(lower.unbind(1), upper.unbind(1),
+                       (torch.isfinite(lower) & torch.isfinite(upper)).unbind(1), strict=True)))
+    free_t = [None] * T if free is None else free.unbind(1)
+    mu_b = None if mu is None else mu[:, None]
     scs, Quxs, ks, frees, Quus, qus, pds = ([None] * T for _ in range(7))
     for t in range(T - 1, -1, -1):
         FtT = FT[:, t]
@@ -196,27 +234,7 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
         q = c[:, t] + (FtT @ vv[..., None])[..., 0]
         Qux = Q[:, n:, :n]  # (B, 1, n)
         Quu, qu = Q[:, n:, n], q[:, n:]  # (B, 1)
-        h = Quu if mu is None else Quu + mu[:, None]
-        pd = h > 0
-        hs = torch.where(pd, h, 1.0)
-        k = -qu / hs
-        if boxed:
-            lo, hi = lower[:, t], upper[:, t]
-            fr = pd & (k > lo) & (k < hi)
-            k = torch.minimum(torch.maximum(k, lo), hi)
-            if not free_of_concavity(pd):
-                # Non-positive curvature (possible with the exact Hessian): the minimum of a
-                # concave 1-D quadratic over a finite box is at the better bound, so the
-                # control is clamped there and the step is still well defined.
-                better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
-                k = torch.where(pd, k, torch.where(better_lo, lo, hi))
-                pd = pd | both[:, t]
-        elif free is not None:
-            fr = free[:, t] & pd
-            k = k * fr
-        else:
-            fr = pd
-        sc = fr / hs  # (B, 1)
+        k, fr, pd, sc = _scalar_control(Quu, qu, mu_b, *bounds[t], free_t[t])  # (B, 1) each
         V = Q[:, :n, :n] + ((sc * (sc * Quu - 2))[..., None] * Qux.transpose(-1, -2)) @ Qux
         v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
         # per-step outputs are combined after the loop (fewer small ops per step)
@@ -251,11 +269,12 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQ
     fl = None if f is None else f.permute(1, 2, 0).contiguous()  # (T, n, B)
     V = CT.permute(1, 2, 0).contiguous()  # (n, n, B)
     v = cT.t().contiguous()  # (n, B)
-    boxed = lower is not None
-    if boxed:
+    if lower is None:
+        bounds = [(None, None, None)] * T
+    else:
         lo_l, hi_l = lower[..., 0].t().contiguous(), upper[..., 0].t().contiguous()  # (T, B)
-        both = torch.isfinite(lo_l) & torch.isfinite(hi_l)
-    free_l = None if free is None else free[..., 0].t()
+        bounds = list(zip(lo_l, hi_l, torch.isfinite(lo_l) & torch.isfinite(hi_l), strict=True))
+    free_t = [None] * T if free is None else free[..., 0].t()
     Ks, ks, frees, Quus, qus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
     ok = torch.ones(B, dtype=torch.bool, device=F.device)
     for t in range(T - 1, -1, -1):
@@ -265,26 +284,9 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQ
         Q = Cl[t] + (FTl[t][:, :, None] * VF[None]).sum(1)  # (nz, nz, B)
         q = cl[t] + (Ft * vv[:, None]).sum(0)  # (nz, B)
         Qux, Quu, qu = Q[n, :n], Q[n, n], q[n]  # (n, B), (B,), (B,)
-        h = Quu if mu is None else Quu + mu
-        pd = h > 0
-        hs = torch.where(pd, h, 1.0)
-        k = -qu / hs
-        if boxed:
-            lo, hi = lo_l[t], hi_l[t]
-            fr = pd & (k > lo) & (k < hi)
-            k = torch.minimum(torch.maximum(k, lo), hi)
-            if not free_of_concavity(pd):
-                better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
-                k = torch.where(pd, k, torch.where(better_lo, lo, hi))
-                pd = pd | both[t]
-        elif free_l is not None:
-            fr = free_l[t] & pd
-            k = k * fr
-        else:
-            fr = pd
+        k, fr, pd, sc = _scalar_control(Quu, qu, mu, *bounds[t], free_t[t])  # (B,) each
         ok = ok & pd
-        sc = fr / hs  # (B,)
-        V = Q[:n, :n] + (sc * sc * Quu - 2 * sc) * Qux[:, None] * Qux[None, :]
+        V = Q[:n, :n] + (sc * (sc * Quu - 2)) * Qux[:, None] * Qux[None, :]
         v = q[:n] + Qux * (k - sc * (Quu * k + qu))
         Ks[t], ks[t], frees[t], Quus[t], qus[t] = -sc * Qux, k, fr, Quu, qu
     k = torch.stack(ks, 1)[..., None]  # (B, T, 1)
