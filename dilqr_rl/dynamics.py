@@ -20,6 +20,8 @@ A user model subclasses :class:`Dynamics`, registers its parameters and implemen
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -250,6 +252,33 @@ class Pendulum(Dynamics):
         return H + torch.nn.functional.pad(beta[..., None, None] * Hth, (0, 2, 0, 2))
 
 
+class _CartPoleTerms(NamedTuple):
+    """What the cart-pole's step, Jacobian and weighted Hessian share (all ``(...)``):
+    ``th_acc = num / den``, ``x_acc = ci - pml th_acc c / M``."""
+
+    g: Tensor
+    mp: Tensor
+    l: Tensor
+    M: Tensor  # m_pole + m_cart
+    pml: Tensor  # m_pole l
+    c: Tensor  # cos th
+    s: Tensor  # sin th
+    w: Tensor  # thdot
+    ci: Tensor  # (u + pml w^2 s) / M
+    den: Tensor  # l (4/3 - mp c^2 / M)
+    num: Tensor  # g s - c ci
+
+
+def _cartpole_terms(x: Tensor, u: Tensor, theta: Tensor) -> _CartPoleTerms:
+    g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
+    c, s, w = x[..., 2], x[..., 3], x[..., 4]
+    M = mp + mc
+    pml = mp * l
+    ci = (u[..., 0] + pml * w**2 * s) / M
+    den = l * (4.0 / 3.0 - mp * c**2 / M)
+    return _CartPoleTerms(g, mp, l, M, pml, c, s, w, ci, den, g * s - c * ci)
+
+
 class CartPole(Dynamics):
     """Cart-pole, identical to ``mpc.pytorch``'s ``CartpoleDx``.
 
@@ -277,31 +306,20 @@ class CartPole(Dynamics):
         return self.step(x, u, self.theta())
 
     def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
-        g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
-        pos, vel, cos_th, sin_th, dth = x.unbind(-1)
-        total = mp + mc
-        pml = mp * l
-        th = torch.atan2(sin_th, cos_th)
-        cart_in = (u[..., 0] + pml * dth**2 * sin_th) / total
-        th_acc = (g * sin_th - cos_th * cart_in) / (l * (4.0 / 3.0 - mp * cos_th**2 / total))
-        x_acc = cart_in - pml * th_acc * cos_th / total
+        t = _cartpole_terms(x, u, theta)
+        th_acc = t.num / t.den
+        x_acc = t.ci - t.pml * th_acc * t.c / t.M
         dt = self.dt
-        new_th = th + dt * dth
-        return torch.stack([pos + dt * vel, vel + dt * x_acc, torch.cos(new_th),
-                            torch.sin(new_th), dth + dt * th_acc], -1)
+        new_th = torch.atan2(t.s, t.c) + dt * t.w
+        return torch.stack([x[..., 0] + dt * x[..., 1], x[..., 1] + dt * x_acc,
+                            torch.cos(new_th), torch.sin(new_th), t.w + dt * th_acc], -1)
 
 
     def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         # Analytic linearization (checked against torch.func in tests/test_dynamics.py).
-        g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
-        pos, vel, c, s, w = x.unbind(-1)
-        uu = u[..., 0]
+        g, mp, l, M, pml, c, s, w, cart_in, den, num = _cartpole_terms(x, u, theta)
+        pos, vel = x[..., 0], x[..., 1]
         dt = self.dt
-        M = mp + mc
-        pml = mp * l
-        cart_in = (uu + pml * w**2 * s) / M
-        den = l * (4.0 / 3.0 - mp * c**2 / M)
-        num = g * s - c * cart_in
         th_acc = num / den
         x_acc = cart_in - pml * th_acc * c / M
         r2 = c * c + s * s
@@ -344,16 +362,9 @@ class CartPole(Dynamics):
         # e_c grad th_acc^T + grad th_acc e_c^T). Written entry by entry (10 distinct ones,
         # 4 of them zero) because this runs on every B*T pair of every Newton-polish iteration.
         # Checked against double backward in tests/test_dynamics.py.
-        g, mc, mp, l = theta[..., 0], theta[..., 1], theta[..., 2], theta[..., 3]
-        _, _, c, s, w = x.unbind(-1)
-        uu = u[..., 0]
+        g, mp, l, M, pml, c, s, w, ci, den, num = _cartpole_terms(x, u, theta)
         dt = self.dt
-        M = mp + mc
-        pml = mp * l
         k = pml / M
-        ci = (uu + pml * w**2 * s) / M
-        den = l * (4.0 / 3.0 - mp * c**2 / M)
-        num = g * s - c * ci
         ci_s, ci_w, ci_u = pml * w**2 / M, 2 * pml * w * s / M, 1.0 / M
         ci_ws, ci_ww = 2 * pml * w / M, 2 * pml * s / M
         d1, d2 = -2 * l * mp * c / M, -2 * l * mp / M  # den', den''
