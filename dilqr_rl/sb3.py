@@ -404,6 +404,11 @@ class ScaledAdam(torch.optim.Adam):
                 g["lr"] = lr
 
 
+def _floor(p: nn.Parameter) -> float:
+    """Lower bound of a positive physical parameter: ``PARAM_FLOOR`` times its current size."""
+    return PARAM_FLOOR * float(p.detach().abs().max())
+
+
 def _groups(params: list[tuple[str, nn.Parameter]], actor_prefix: str, scale: float,
             actor: DiLQRActor) -> list[dict[str, Any]]:
     """Optimizer groups: the rest, and the controller's parameters at ``lr * scale``, with a
@@ -417,8 +422,7 @@ def _groups(params: list[tuple[str, nn.Parameter]], actor_prefix: str, scale: fl
         if k.endswith((".cost.weights", ".cost.terminal_weights")):
             groups.append({"params": [p], "lr_scale": float(scale), "lower": WEIGHT_FLOOR})
         elif positive and ".ctrl.dynamics." in k:
-            groups.append({"params": [p], "lr_scale": float(scale),
-                           "lower": PARAM_FLOOR * float(p.detach().abs().max())})
+            groups.append({"params": [p], "lr_scale": float(scale), "lower": _floor(p)})
         else:
             other.append(p)
     if other:
@@ -696,7 +700,8 @@ class SystemIdCallback(BaseCallback):
     the same step, and before any callback listed after it, so an evaluation at step ``t``
     sees a model fitted to the first ``t`` transitions only.
 
-    Logged: ``sysid/loss`` (before and after each fit) and ``sysid/transitions``.
+    Logged: ``sysid/loss`` (after each fit) and ``sysid/transitions``; :attr:`history` keeps
+    the loss before and after every fit.
 
     :param every: env steps between fits
     :param steps: Adam steps per fit (full batch, or ``batch_size`` samples per step)
@@ -739,10 +744,10 @@ class SystemIdCallback(BaseCallback):
             self._u = u.new_zeros(self.capacity, u.shape[-1])
             self._y = y.new_zeros(self.capacity, y.shape[-1])
         assert self._u is not None and self._y is not None
-        for k in range(x.shape[0]):  # n_envs rows per env step
-            self._x[self._i], self._u[self._i], self._y[self._i] = x[k], u[k], y[k]
-            self._i = (self._i + 1) % self.capacity
-            self._n = min(self._n + 1, self.capacity)
+        rows = (self._i + torch.arange(x.shape[0])) % self.capacity  # n_envs rows per env step
+        self._x[rows], self._u[rows], self._y[rows] = x, u, y
+        self._i = (self._i + x.shape[0]) % self.capacity
+        self._n = min(self._n + x.shape[0], self.capacity)
 
     def _on_step(self) -> bool:
         loc = self.locals
@@ -778,8 +783,11 @@ class SystemIdCallback(BaseCallback):
         for p in params:
             p.requires_grad_(True)
         if self._opt is None:
-            self._opt = torch.optim.Adam(params, lr=self.lr)
-            self._floors = [PARAM_FLOOR * float(p.detach().abs().max()) for p in params]
+            # ScaledAdam's lower bounds keep positive physical parameters positive, as in the
+            # policies' own optimizers
+            self._opt = ScaledAdam(
+                [{"params": [p], "lower": _floor(p) if dyn.positive_params else None}
+                 for p in params], lr=self.lr)
         x, u, y = self._x[:self._n], self._u[:self._n], self._y[:self._n]
         scale = (y - x).std(0).clamp_min(1e-6) if self._n > 1 else torch.ones_like(x[0])
         gen = torch.Generator().manual_seed(self._n)
@@ -799,10 +807,6 @@ class SystemIdCallback(BaseCallback):
                 loss = loss_fn(idx)
                 loss.backward()
                 self._opt.step()
-                if dyn.positive_params:
-                    with torch.no_grad():
-                        for p, lo in zip(params, self._floors, strict=True):
-                            p.clamp_(min=lo)
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     with torch.no_grad():
                         for p, s in zip(params, saved, strict=True):
