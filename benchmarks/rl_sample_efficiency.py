@@ -176,6 +176,11 @@ def target(d: int | None, best_mlp: int | None, mlp_budget: int) -> dict[str, An
     return out
 
 
+def within_10pct(R: float) -> float:
+    """The lowest return within 10 % of the reference return ``R``."""
+    return R - 0.1 * abs(R)
+
+
 def first_reach(t: list[int], curve: np.ndarray, threshold: float) -> int | None:
     for ti, v in zip(t, curve, strict=True):
         if v >= threshold:
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         true_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == TRUE)
         wrong_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == WRONG)
         R = true_mpc["mean"]
-        thr = R - 0.1 * abs(R)
+        thr = within_10pct(R)
         er: dict[str, Any] = {"mpc_true": true_mpc, "mpc_wrong": wrong_mpc, "threshold": thr,
                               "methods": {}}
         for m in opt.methods:
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 # that seed's evaluation episodes (the same initial states)
                 rec["seed_steps_to_target"] = [
                     first_reach(r["timesteps"], r["mean"],
-                                (R_s := true_mpc["per_seed"][str(r["seed"])]) - 0.1 * abs(R_s))
+                                within_10pct(true_mpc["per_seed"][str(r["seed"])]))
                     for r in rs]
             er["methods"][m] = rec
         mlp = [er["methods"][m]["steps_to_target"] for m in opt.methods
