@@ -32,6 +32,25 @@ __all__ = ["DynamicsEnv"]
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _number(v: Any, name: str) -> float:
+    """``float(v)``, or a ``ValueError`` that names the argument."""
+    if isinstance(v, bool):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+
+
+def _positive_int(v: Any, name: str) -> int:
+    """``v`` as an int >= 1, or a ``ValueError`` that names the argument."""
+    ok = (not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+          and math.isfinite(v) and float(v).is_integer() and v >= 1)
+    if not ok:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return int(v)
+
+
 class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: a Gymnasium env whose true system is a :class:`dilqr_rl.Dynamics` module.
 
@@ -50,6 +69,11 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
     #: ``(low, high)`` of each observation component; ``None`` = unbounded (float32 max)
     obs_bounds: ClassVar[list[tuple[float, float] | None]]
     default_dt: ClassVar[float]
+    #: ``(start, stop, name)`` of state blocks that must have unit norm (``cos``/``sin``
+    #: pairs, quaternions): ``reset(options={"state": x0})`` checks them
+    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ()
+    #: a state block within this of unit norm is accepted (and projected onto the sphere)
+    unit_tol: ClassVar[float] = 1e-6
 
     def __init__(self, params: Mapping[str, float], *, dt: float | None = None,
                  randomize: Mapping[str, tuple[float, float]] | None = None,
@@ -63,7 +87,7 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
                 "normalize_actions, render_width, render_height)")
         self.params = self._check_params(params, "parameter")
         self.randomize = self._check_randomize(randomize)
-        self.dt = self.default_dt if dt is None else float(dt)
+        self.dt = self.default_dt if dt is None else _number(dt, "dt")
         if not (math.isfinite(self.dt) and self.dt > 0):
             raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -72,7 +96,8 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode == "human":
             check_human_render()
         self.render_mode = render_mode
-        self.render_width, self.render_height = int(render_width), int(render_height)
+        self.render_width = _positive_int(render_width, "render_width")
+        self.render_height = _positive_int(render_height, "render_height")
         # The modes this instance can produce (no window without a display), and its frame rate
         self.metadata = dict(self.metadata, render_fps=int(round(1.0 / self.dt)))
         if not display_available():
@@ -121,6 +146,9 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
     def _check_randomize(self, randomize: Mapping[str, Any] | None
                          ) -> dict[str, tuple[float, float]]:
         out: dict[str, tuple[float, float]] = {}
+        if randomize is not None and not isinstance(randomize, Mapping):
+            raise ValueError(f"randomize must be a mapping {{name: (low, high)}}, got "
+                             f"{randomize!r}")
         for k, rng in (randomize or {}).items():
             if k not in self.param_defaults:
                 raise ValueError(f"unknown parameter {k!r} in randomize for "
@@ -179,35 +207,69 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
         :param seed: seeds ``self.np_random`` (initial state and parameter randomization)
         :param options: ``{"params": {...}}`` sets true parameters for this episode (on top of
             the constructor's, overriding randomization); ``{"state": x0}`` sets the initial
-            model state ``(n,)``
+            model state ``(n,)``: finite, its ``unit_blocks`` (``cos``/``sin`` pairs,
+            quaternions) of unit norm within ``unit_tol`` (then normalized), its observation
+            inside ``observation_space``. Bad options raise ``ValueError``.
         """
-        super().reset(seed=seed)
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"options must be a dict (keys 'params', 'state') or None, got "
+                             f"{options!r}")
         options = dict(options or {})
         unknown = set(options) - {"params", "state"}
         if unknown:
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid: 'params', "
                              "'state'")
+        opt_params = options.get("params")
+        if opt_params is not None and not isinstance(opt_params, Mapping):
+            raise ValueError(f"options['params'] must be a dict {{name: value}} with names in "
+                             f"{list(self.param_defaults)}, got {opt_params!r}")
+        x0 = None if options.get("state") is None else self._check_state(options["state"])
+        super().reset(seed=seed)
         params = dict(self.params)
         for k, (lo, hi) in self.randomize.items():
             params[k] = float(self.np_random.uniform(lo, hi))
-        params = self._check_params(options.get("params") or {}, "parameter", base=params)
+        params = self._check_params(opt_params or {}, "parameter", base=params)
         self.episode_params = params
         self._theta = self._make_theta(params)
-        if options.get("state") is not None:
-            x0 = np.asarray(options["state"], dtype=np.float64)
-            if x0.shape != self.observation_space.shape or not np.isfinite(x0).all():
-                raise ValueError(f"options['state'] must be a finite array of shape "
-                                 f"{self.observation_space.shape}, got {options['state']!r}")
-        else:
+        if x0 is None:
             x0 = self._sample_state()
         self._set_state(x0)
         if self.render_mode == "human":
             self.render()
         return self._obs(), self._info()
 
+    def _check_state(self, state: Any) -> np.ndarray:
+        """``options["state"]`` as a float64 array, checked: shape, finite, unit-norm blocks
+        within ``unit_tol`` (then projected onto the unit sphere) and an observation inside
+        ``observation_space`` (finite in float32)."""
+        try:
+            x0 = np.array(state, dtype=np.float64)
+        except (TypeError, ValueError):
+            x0 = None
+        if x0 is None or x0.shape != self.observation_space.shape or not np.isfinite(x0).all():
+            raise ValueError(f"options['state'] must be a finite array of shape "
+                             f"{self.observation_space.shape}, got {state!r}")
+        for lo, hi, name in self.unit_blocks:
+            norm = float(np.linalg.norm(x0[lo:hi]))
+            if not abs(norm - 1.0) <= self.unit_tol:
+                raise ValueError(f"options['state'][{lo}:{hi}] ({name}) must have unit norm "
+                                 f"(within {self.unit_tol:g}), got {x0[lo:hi].tolist()} with "
+                                 f"norm {norm:.9g}")
+            x0[lo:hi] /= norm
+        with np.errstate(over="ignore"):
+            obs = x0.astype(np.float32)
+        space = self.observation_space
+        if not (np.isfinite(obs).all() and np.all(obs >= space.low) and np.all(obs <= space.high)):
+            raise ValueError(f"options['state'] gives an observation outside the observation "
+                             f"space (the float32 observation is {obs.tolist()}; bounds "
+                             f"{space.low.tolist()} to {space.high.tolist()}); got {state!r}")
+        return x0
+
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         u = self.action_to_control(action)
-        cost = self._cost(self._x.numpy(), u)
+        x_prev = self._x.numpy()
+        with np.errstate(over="ignore"):  # an overflow is reported below, as an error
+            cost = self._cost(x_prev, u)
         self._advance(u)
         x = self._x.numpy()
         if not np.isfinite(x).all():
@@ -216,10 +278,21 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
         terminated, extra = self._terminal(x)
         info = self._info()
         info.update(extra, control=u)
+        with np.errstate(over="ignore"):
+            obs = self._obs()
+        space = self.observation_space
+        if not (np.isfinite(obs).all() and np.all(obs >= space.low) and np.all(obs <= space.high)):
+            raise RuntimeError(f"{type(self).__name__}: the observation left the float32 "
+                               f"observation space (state {x}, float32 observation {obs}); "
+                               f"parameters {self.episode_params}")
+        reward = -float(cost + extra.get("terminal_cost", 0.0))
+        if not (math.isfinite(reward) and abs(reward) <= _F32_MAX):
+            raise RuntimeError(f"{type(self).__name__}: the reward {reward} is not a finite "
+                               f"float32 (state before the step {x_prev}, control {u}); "
+                               f"parameters {self.episode_params}")
         if self.render_mode == "human":
             self.render()
-        return self._obs(), -float(cost + extra.get("terminal_cost", 0.0)), terminated, False, \
-            info
+        return obs, reward, terminated, False, info
 
     def _advance(self, u: np.ndarray) -> None:
         """One true step of the model (float64, no autograd)."""

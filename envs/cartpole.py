@@ -54,7 +54,8 @@ class CartPoleEnv(DynamicsEnv):
     ## Starting state
 
     Hanging down near the origin: ``x, xdot ~ U[-0.1, 0.1]``, ``th ~ pi + U[-0.1, 0.1]``,
-    ``thdot ~ U[-0.1, 0.1]``; or ``options={"state": x0}``.
+    ``thdot ~ U[-0.1, 0.1]``; or ``options={"state": x0}`` (``cos th, sin th`` must have unit
+    norm, within ``1e-6``; they are then normalized).
 
     ## Episode end
 
@@ -77,6 +78,7 @@ class CartPoleEnv(DynamicsEnv):
                                                   "l": 0.5}
     obs_bounds: ClassVar[list[tuple[float, float] | None]] = [
         None, None, (-1.0, 1.0), (-1.0, 1.0), None]
+    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ((2, 4, "cos th, sin th"),)
     default_dt = 0.05
     _camera: ClassVar[dict[str, Any]] = {"lookat": (0, 0, 0.2), "distance": 5.0,
                                          "azimuth": 90.0, "elevation": -5.0}

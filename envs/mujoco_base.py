@@ -4,6 +4,10 @@ A MuJoCo env keeps the observation, action, reward and initial states of its ana
 counterpart (so the same controller and cost apply), but :meth:`_advance` steps a MuJoCo
 model compiled from the MJCF of :mod:`dilqr_rl.envs.mjcf` with the true parameters. The model
 is recompiled only when the episode's parameters change.
+
+An unstable simulation (MuJoCo's warnings of a NaN, Inf or huge ``qpos``/``qvel``/``qacc``)
+raises ``RuntimeError`` in ``step``, as a non-finite state does in the analytic envs; MuJoCo's
+auto-reset, which would silently put the system back at ``qpos = 0`` (the goal), is disabled.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from .rendering import import_mujoco
 __all__ = ["MujocoSimMixin"]
 
 INTEGRATORS = ("Euler", "RK4", "implicit", "implicitfast")
+#: MuJoCo's instability warnings (``mjtWarning``): NaN, Inf or huge (> ``mjMAXVAL``) value in
+#: qpos, qvel, qacc
+_UNSTABLE = {"mjWARN_BADQPOS": "qpos", "mjWARN_BADQVEL": "qvel", "mjWARN_BADQACC": "qacc"}
 
 
 class MujocoSimMixin:
@@ -48,8 +55,15 @@ class MujocoSimMixin:
         if key != self._sim_key:
             xml = self._sim_xml(self.dt / self.n_substeps)
             self.sim_model = self._mj.MjModel.from_xml_string(xml)
+            # MuJoCo's auto-reset would put an unstable simulation back at qpos0 (upright, at
+            # rest: the goal); keep the bad values instead, and raise in _advance
+            autoreset = getattr(self._mj.mjtDisableBit, "mjDSBL_AUTORESET", None)
+            if autoreset is not None:
+                self.sim_model.opt.disableflags |= int(autoreset)
             self.sim_data = self._mj.MjData(self.sim_model)
             self._sim_key = key
+            self._warn_idx = {int(getattr(self._mj.mjtWarning, k)): v
+                              for k, v in _UNSTABLE.items()}
 
     def _set_state(self, x0: np.ndarray) -> None:
         self._build_sim()
@@ -63,7 +77,15 @@ class MujocoSimMixin:
     def _advance(self, u: np.ndarray) -> None:
         d = self.sim_data
         d.ctrl[:] = u
+        before = {i: int(d.warning[i].number) for i in self._warn_idx}
         self._mj.mj_step(self.sim_model, d, nstep=self.n_substeps)
+        bad = [v for i, v in self._warn_idx.items() if int(d.warning[i].number) > before[i]]
+        if bad:
+            raise RuntimeError(
+                f"{type(self).__name__}: the MuJoCo simulation became unstable (NaN, Inf or huge "
+                f"value in {', '.join(bad)}); parameters {self.episode_params}, integrator "
+                f"{self.integrator!r}, timestep {self.dt / self.n_substeps:g} s. A smaller "
+                "timestep (more n_substeps) or integrator='implicit' may help")
         self._x = torch.from_numpy(self._q_to_state(d.qpos, d.qvel))
 
     # subclass hooks

@@ -59,7 +59,8 @@ class PendulumEnv(DynamicsEnv):
 
     ## Starting state
 
-    ``th ~ U[-pi, pi]``, ``thdot ~ U[-1, 1]`` (as ``Pendulum-v1``); or ``options={"state": x0}``.
+    ``th ~ U[-pi, pi]``, ``thdot ~ U[-1, 1]`` (as ``Pendulum-v1``); or ``options={"state": x0}``
+    (``cos th, sin th`` must have unit norm, within ``1e-6``; they are then normalized).
 
     ## Episode end
 
@@ -87,6 +88,7 @@ class PendulumEnv(DynamicsEnv):
     dynamics_cls = Pendulum
     param_defaults: ClassVar[dict[str, float]] = {"g": 10.0, "m": 1.0, "l": 1.0}
     obs_bounds: ClassVar[list[tuple[float, float] | None]] = [(-1.0, 1.0), (-1.0, 1.0), None]
+    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ((0, 2, "cos th, sin th"),)
     default_dt = 0.05
     _camera: ClassVar[dict[str, Any]] = {"lookat": (0, 0, 0), "distance": 3.2,
                                          "azimuth": 90.0, "elevation": 0.0}

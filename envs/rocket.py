@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import Tensor
 
 from dilqr_rl.cost import FunctionCost
@@ -68,7 +69,8 @@ class RocketEnv(DynamicsEnv):
     ## Observation space
 
     The model state ``(r (3), v (3), q (4), w (3))``, float32; ``q`` in ``[-1, 1]``, the rest
-    unbounded (``+-float32 max``).
+    unbounded (``+-float32 max``). With ``renormalize=False`` ``|q|`` drifts from 1 (the model's
+    Euler step does not keep it), so ``q`` is unbounded too.
 
     ## Rewards
 
@@ -83,7 +85,8 @@ class RocketEnv(DynamicsEnv):
 
     Around the published ``r0 = (10, -8, 5)``, ``v0 = (-0.1, 0, 0)``, upright, at rest:
     ``r0 + U[-1, 1]^3``, ``v0 + U[-0.5, 0.5]^3``, attitude tilted by up to 0.1 rad about a
-    random horizontal axis, ``w ~ U[-0.1, 0.1]^3``; or ``options={"state": x0}``.
+    random horizontal axis, ``w ~ U[-0.1, 0.1]^3``; or ``options={"state": x0}`` (``q`` must be a
+    unit quaternion, within ``1e-6``; it is then normalized).
 
     ## Episode end
 
@@ -109,6 +112,7 @@ class RocketEnv(DynamicsEnv):
                                                   "l": 1.0}
     obs_bounds: ClassVar[list[tuple[float, float] | None]] = (
         [None] * 6 + [(-1.0, 1.0)] * 4 + [None] * 3)
+    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ((6, 10, "quaternion q"),)
     default_dt = 0.1
     _camera: ClassVar[dict[str, Any]] = {"lookat": (-4.0, 2.5, 4.0), "distance": 22.0,
                                          "azimuth": 60.0, "elevation": -15.0}
@@ -126,6 +130,11 @@ class RocketEnv(DynamicsEnv):
                          normalize_actions=normalize_actions, render_width=render_width,
                          render_height=render_height, unknown=unknown)
         self.renormalize = bool(renormalize)
+        if not self.renormalize:  # |q| drifts: only a unit q is bounded by [-1, 1]
+            big = np.float32(np.finfo(np.float32).max)
+            lo, hi = self.observation_space.low.copy(), self.observation_space.high.copy()
+            lo[6:10], hi[6:10] = -big, big
+            self.observation_space = spaces.Box(lo, hi, dtype=np.float32)
         self._weights = np.array(COST_WEIGHTS)
 
     @staticmethod
