@@ -13,11 +13,11 @@ from .dynamics import CartPole, Dynamics, Pendulum, Rocket
 from .grad import fixed_point_vjp
 from .ilqr import ILQRConfig, Solution, ilqr_solve, rollout
 from .layer import DiLQR, NotConvergedError, UnconvergedWarning
-from .lqr import box_qp, lqr_backward, lqr_rollout, lqr_solve
+from .lqr import lqr_backward, lqr_rollout, lqr_solve
 
 __all__ = [
     "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NotConvergedError",
-    "Pendulum", "QuadraticCost", "Rocket", "Solution", "box_qp", "fixed_point_vjp",
+    "Pendulum", "QuadraticCost", "Rocket", "Solution", "fixed_point_vjp",
     "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout", "UnconvergedWarning",
 ]
 __version__ = "0.1.0"

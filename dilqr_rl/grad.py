@@ -1,6 +1,6 @@
 """Gradients of the converged iLQR solution: ``"implicit"`` (exact) and ``"last_lqr"`` (DiffMPC).
 
-Derivation (DESIGN.md, "The gradient"; the paper's eq. 8-12). At the fixed point
+Derivation (docs/gradient.md; the paper's eq. 8-12). At the fixed point
 ``w* = (z*, lam*)`` the optimality (KKT) conditions hold:
 
     R(w, theta) = [ grad_z c_t(z_t; phi) + F_t^T lam_{t+1} - [lam_t; 0]   (stationarity, t < T)
@@ -36,37 +36,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from .cost import Cost, _pshape
+from .cost import Cost
+from .derivatives import derivatives, lagrangian_hessian, stage_params
 from .dynamics import Dynamics
-from .ilqr import ILQRConfig, Solution, ilqr_solve, linearize
+from .ilqr import ILQRConfig, Solution, ilqr_solve
 from .lqr import costates, lqr_solve
 
 __all__ = ["fixed_point_vjp", "solve_implicit", "GRAD_MODES"]
 
 GRAD_MODES = ("implicit", "last_lqr", "unroll")
-
-
-def kkt_pieces(dynamics: Dynamics, cost: Cost, x: Tensor, u: Tensor, theta: Tensor,
-               P: dict[str, Tensor], exact: bool = True):
-    """Linearization, multipliers and the (exact or Gauss-Newton) Hessian at a trajectory.
-
-    :param x: ``(B, T+1, n)``; :param u: ``(B, T, m)``; :param theta: ``(B, p)``
-    :return: ``F (B, T, n, n+m)``, ``H (B, T, n+m, n+m)``, ``CT (B, n, n)``,
-        ``lam (B, T+1, n)``, stage gradients ``c (B, T, n+m)``, terminal gradient ``cT (B, n)``
-    """
-    B, T, m = u.shape
-    n = x.shape[-1]
-    F = linearize(dynamics, x[:, :-1], u, theta)
-    c, C, cT, CT = cost.quadratize(x, u, P)
-    lam = costates(F, c, cT)
-    H = C
-    if exact:
-        th = theta[:, None].expand(B, T, theta.shape[-1]).reshape(B * T, -1)
-        Hf = dynamics.weighted_hessian(x[:, :-1].reshape(B * T, n), u.reshape(B * T, m), th,
-                                       lam[:, 1:].reshape(B * T, n))
-        H = C + Hf.reshape(B, T, n + m, n + m)
-    return F, H, CT, lam, c, cT
 
 
 def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
@@ -75,12 +55,13 @@ def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``dL/d(x0, theta, phi)`` of the converged solution for incoming ``dL/dx``, ``dL/du``.
 
-    :param x0: ``(B, n)``; :param theta: ``(B, p)``; :param P: cost parameters ``(B, ...)``
+    :param x0: ``(B, n)``; :param theta: ``(p,)`` shared or ``(B, p)``
+    :param P: cost parameters ``(B, ...)``
     :param x: ``(B, T+1, n)``, :param u: ``(B, T, m)``: the fixed point
     :param free: ``(B, T, m)`` bool, controls not on a bound
     :param gx: ``(B, T+1, n)``; :param gu: ``(B, T, m)``
     :param exact: ``True``: exact Lagrangian Hessian (DiLQR); ``False``: DiffMPC's
-    :return: gradients for ``x0 (B, n)``, ``theta (B, p)``, ``P`` (same shapes)
+    :return: gradients for ``x0 (B, n)``, ``theta`` (its shape), ``P`` (same shapes)
     """
     x, u = x.detach(), u.detach()
     x0, theta = x0.detach(), theta.detach()
@@ -88,23 +69,23 @@ def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     B, T, m = u.shape
     n = x.shape[-1]
     with torch.no_grad():
-        F, H, CT, lam, _, _ = kkt_pieces(dynamics, cost, x, u, theta, P, exact)
+        d = derivatives(dynamics, cost, x, u, theta, P)
+        lam = costates(d.F, d.c, d.cT)
+        H = d.C + lagrangian_hessian(dynamics, x[:, :-1], u, theta, lam[:, 1:]) if exact \
+            else d.C
         gz = torch.cat([gx[:, :-1], gu], -1)
-        dx, du, dlam = lqr_solve(F, H, gz, CT, gx[:, -1], torch.zeros_like(x0), free=free)
+        dx, du, dlam = lqr_solve(d.F, H, gz, d.CT, gx[:, -1], torch.zeros_like(x0), free=free)
     # one VJP of the KKT residual, vector (dz, dlam); z*, lam* are constants here
     with torch.enable_grad():
         x0r = x0.clone().requires_grad_(True)
         thr = theta.clone().requires_grad_(True)
         Pr = {k: v.clone().requires_grad_(True) for k, v in P.items()}
-        shapes = cost.param_shapes()
         z = torch.cat([x[:, :-1], u], -1).requires_grad_(True)
         xT = x[:, -1].clone().requires_grad_(True)
         dz = torch.cat([dx[:, :-1], du], -1)
-        Pt = {k: _pshape(Pr, k, (B, T), s) for k, s in shapes.items()}
-        Pf = {k: _pshape(Pr, k, (B,), s) for k, s in shapes.items()}
-        stage = cost.stage(z[..., :n], z[..., n:], Pt).sum()
-        term = cost.terminal(xT, Pf).sum()
-        fz = dynamics.step(z[..., :n], z[..., n:], thr[:, None])
+        stage = cost.stage(z[..., :n], z[..., n:], stage_params(cost, Pr, (B, T))).sum()
+        term = cost.terminal(xT, stage_params(cost, Pr, (B,))).sum()
+        fz = dynamics.step(z[..., :n], z[..., n:], thr if thr.dim() == 1 else thr[:, None])
         lagr = stage + (lam[:, 1:] * fz).sum()
         g_z, g_T = torch.autograd.grad((lagr, term), (z, xT), create_graph=True)
         S = (g_z * dz).sum() + (g_T * dx[:, -1]).sum() + (dlam[:, 1:] * fz).sum() + \
@@ -149,6 +130,7 @@ class _FixedPointFn(torch.autograd.Function):
         return sol.x, sol.u
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: say so, not zeros
     def backward(ctx, gx: Tensor | None, gu: Tensor | None):
         spec = ctx.spec
         x0, theta, x, u, free, converged, *pvals = ctx.saved_tensors

@@ -1,23 +1,39 @@
-"""Batched box-constrained iLQR (the forward solve; no autograd graph unless ``grad="unroll"``).
+"""Batched box-constrained iLQR: the forward solve (no autograd graph unless ``grad="unroll"``).
 
-Each iteration (paper section 3): linearize the dynamics and quadratize the cost at all
-``B*T`` pairs in one vectorized call, run the Riccati pass with a projected-Newton box QP
-(:func:`dilqr_rl.lqr.lqr_backward`), then a line search whose candidate step sizes are rolled
-out through the true dynamics in one batched rollout (paper eq. 5). Levenberg-Marquardt
-regularization on ``Quu`` is adapted per sample; samples that converge stop changing and are
-dropped from the working batch. One host synchronisation per iteration (the convergence check).
+One iteration (paper section 3, with the changes of docs/solver.md), for every sample still
+working, all at once:
+
+1. **derivatives** at the trajectory: all ``B*T`` linearizations and quadratizations in one
+   vectorized call (:mod:`dilqr_rl.derivatives`); the exact Lagrangian Hessian for samples in
+   Newton mode.
+2. **Newton step**: one Riccati pass that also runs the costate recursion, holds the controls
+   that sit on a bound while the true gradient pushes them outward, and solves for the rest
+   (projected Newton over the whole trajectory, :func:`dilqr_rl.lqr.lqr_backward`).
+3. **certify**: a sample whose Newton step (exact Hessian, negligible regularization) is below
+   ``tol`` and whose reduced Hessian on the free controls is positive definite is a verified
+   strict local minimum: it stops there, converged.
+4. **line search**: the feedback policy ``u = clamp(u + alpha k + K (x - x_bar))`` (eq. 5) is
+   rolled out through the true dynamics for all step sizes at once and checked by an Armijo
+   test on the true directional derivative. When no step is accepted the controls that the
+   full step pushes into their bound are held too and the step is redone; at a saddle
+   (stationary, exact reduced Hessian indefinite) the solver moves along a direction of
+   negative curvature instead.
+5. **regularization**: Levenberg-Marquardt ``mu`` per sample, down on success, up on failure.
+
+One host synchronisation per iteration (which samples are still working).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .cost import Cost
+from .derivatives import derivatives, lagrangian_hessian, linearize, projected_gradient, take_theta
 from .dynamics import Dynamics
 from .lqr import LQRGains, costates, lqr_backward
 
@@ -29,24 +45,23 @@ class ILQRConfig:
     """Solver settings.
 
     :param max_iter: iteration cap
-    :param tol: relative step tolerance: a sample converges when an accepted step moves the
-        controls, and the full iLQR step ``k`` would move them, by at most
-        ``tol * (1 + max|u|)``. ``0`` never declares convergence, so exactly
+    :param tol: relative step tolerance: a sample converges when its exact-Hessian Newton step
+        moves no control by more than ``tol * (1 + max|u|)`` and the reduced Hessian is
+        positive definite (docs/solver.md). ``0`` never declares convergence, so exactly
         ``max_iter`` iterations run (benchmarks compare at equal iteration counts this way).
     :param mu_init: initial Levenberg-Marquardt regularization of ``Quu``
     :param mu_min: regularization floor (the regularization decays towards it on success)
     :param mu_max: a sample whose regularization exceeds this has stalled (not converged)
     :param mu_factor: multiplicative increase / decrease of the regularization
-    :param n_alpha: number of line-search step sizes ``1, 1/2, ..., 2^-(n_alpha-1)``, all
-        evaluated in one batched rollout
-    :param armijo: accept a step whose actual decrease is at least this fraction of the
-        predicted one
-    :param boxqp_iters: projected-Newton iterations of the box QP (``m > 1`` only)
-    :param newton_tol: once an accepted step is below ``newton_tol * (1 + max|u|)``, the sample
-        switches from Gauss-Newton to the exact Lagrangian Hessian (the ``C~`` of the implicit
-        gradient, which adds ``sum_i lam_i hess f_i``): regularized Newton, quadratically
-        convergent, so the fixed point (hence the gradient) is reached to rounding instead
-        of creeping (DESIGN.md "Slow Gauss-Newton"). ``0`` disables it (pure iLQR).
+    :param n_alpha: number of line-search step sizes ``1, 1/2, ..., 2^-(n_alpha-1)``
+    :param armijo: accept a step whose decrease is at least this fraction of the first-order
+        prediction ``grad J . (u_new - u)``
+    :param newton_tol: a sample switches from Gauss-Newton (iLQR's Hessian, which drops the
+        second derivatives of the dynamics) to the exact Lagrangian Hessian (Newton) once an
+        accepted step lowers the cost by less than ``newton_tol * (1 + |J|)``, or its step is
+        below ``tol``. Gauss-Newton creeps near saddles (a hanging pendulum) and near the end;
+        Newton is quadratically convergent and sees negative curvature. Convergence is always
+        certified with the exact Hessian. ``0``: switch only for the final certification.
     :param batched_line_search: roll the step sizes out in (at most) two batched stages
         (default); ``False`` tries them one after the other (for the ablation benchmark)
     :param record_history: keep per-iteration diagnostics in ``Solution.history``
@@ -63,24 +78,38 @@ class ILQRConfig:
     mu_factor: float = 10.0
     n_alpha: int = 8
     armijo: float = 1e-4
-    boxqp_iters: int = 20
     newton_tol: float = 1e-3
     record_history: bool = False
     batched_line_search: bool = True
     on_unconverged: Literal["warn", "raise", "detach"] = "warn"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ValueError(f"ILQRConfig.max_iter must be an int >= 1, got {self.max_iter!r}")
-        if not (self.tol >= 0 and math.isfinite(self.tol)):
-            raise ValueError(f"ILQRConfig.tol must be finite and >= 0, got {self.tol!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ValueError(f"ILQRConfig.{f.name} must be an int, got {v!r}")
+            elif f.type in ("float", float):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                        not math.isfinite(v):
+                    raise ValueError(f"ILQRConfig.{f.name} must be a finite number, got {v!r}")
+            elif f.type in ("bool", bool) and not isinstance(v, bool):
+                raise ValueError(f"ILQRConfig.{f.name} must be a bool, got {v!r}")
+        if self.max_iter < 1:
+            raise ValueError(f"ILQRConfig.max_iter must be >= 1, got {self.max_iter!r}")
+        if self.tol < 0:
+            raise ValueError(f"ILQRConfig.tol must be >= 0, got {self.tol!r}")
         if not 0 < self.mu_min <= self.mu_init < self.mu_max:
             raise ValueError("ILQRConfig needs 0 < mu_min <= mu_init < mu_max, got "
                              f"{self.mu_min}, {self.mu_init}, {self.mu_max}")
         if self.mu_factor <= 1:
             raise ValueError(f"ILQRConfig.mu_factor must be > 1, got {self.mu_factor}")
-        if self.n_alpha < 1 or self.boxqp_iters < 1:
-            raise ValueError("ILQRConfig.n_alpha and boxqp_iters must be >= 1")
+        if self.n_alpha < 1:
+            raise ValueError(f"ILQRConfig.n_alpha must be >= 1, got {self.n_alpha}")
+        if not 0 < self.armijo < 1:
+            raise ValueError(f"ILQRConfig.armijo must be in (0, 1), got {self.armijo}")
+        if self.newton_tol < 0:
+            raise ValueError(f"ILQRConfig.newton_tol must be >= 0, got {self.newton_tol}")
         if self.on_unconverged not in ("warn", "raise", "detach"):
             raise ValueError("ILQRConfig.on_unconverged must be 'warn', 'raise' or 'detach', "
                              f"got {self.on_unconverged!r}")
@@ -93,9 +122,13 @@ class Solution:
     :ivar x: states ``(B, T+1, n)`` (differentiable)
     :ivar u: controls ``(B, T, m)`` (differentiable)
     :ivar cost: trajectory cost ``(B,)`` (differentiable)
-    :ivar converged: ``(B,)`` bool
+    :ivar converged: ``(B,)`` bool: a verified strict local minimum (docs/solver.md)
     :ivar iterations: ``(B,)`` int64, iterations each sample ran
     :ivar free: ``(B, T, m)`` bool, controls not on a bound at the solution
+    :ivar kkt: ``(B,)`` first-order residual ``max|u - clamp(u - dJ/du)|`` from the true
+        costates at the returned point (zero at a KKT point)
+    :ivar pivot: ``(B,)`` smallest pivot of the exact reduced Hessian on the free controls at
+        the returned point (positive: strict local minimum; see :class:`dilqr_rl.lqr.LQRGains`)
     :ivar history: with ``ILQRConfig.record_history``, ``(B, iterations, 4)``: per iteration
         the accepted step ``max|du|`` (NaN if rejected), the regularization, the step size
         (0 if rejected) and the cost; NaN once a sample has stopped
@@ -107,13 +140,15 @@ class Solution:
     converged: Tensor
     iterations: Tensor
     free: Tensor
+    kkt: Tensor | None = None
+    pivot: Tensor | None = None
     history: Tensor | None = None
 
 
 def rollout(dynamics: Dynamics, x0: Tensor, u: Tensor, theta: Tensor) -> Tensor:
     """Open-loop rollout.
 
-    :param x0: ``(B, n)``; :param u: ``(B, T, m)``; :param theta: ``(B, p)``
+    :param x0: ``(B, n)``; :param u: ``(B, T, m)``; :param theta: ``(p,)`` or ``(B, p)``
     :return: ``x (B, T+1, n)``
     """
     xs = [x0]
@@ -122,30 +157,154 @@ def rollout(dynamics: Dynamics, x0: Tensor, u: Tensor, theta: Tensor) -> Tensor:
     return torch.stack(xs, 1)
 
 
-def linearize(dynamics: Dynamics, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
-    """Jacobians ``F (B, T, n, n+m)`` of all ``B*T`` steps in one vectorized call.
+@dataclass
+class _Problem:
+    """The working samples' data (a sub-batch of ``b`` samples)."""
 
-    :param x: ``(B, T, n)`` (states ``x_0 .. x_{T-1}``); :param u: ``(B, T, m)``
-    :param theta: ``(B, p)``
+    x0: Tensor
+    theta: Tensor
+    P: dict[str, Tensor]
+    lower: Tensor | None
+    upper: Tensor | None
+
+    def take(self, idx: Tensor) -> _Problem:
+        return _Problem(self.x0[idx], take_theta(self.theta, idx),
+                        {k: v[idx] for k, v in self.P.items()},
+                        None if self.lower is None else self.lower[idx],
+                        None if self.upper is None else self.upper[idx])
+
+
+def _clamp(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
+    return u if lower is None else torch.minimum(torch.maximum(u, lower), upper)
+
+
+def _rollout_policy(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Tensor,
+                    K: Tensor, k: Tensor, alphas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Roll out ``u = clamp(u_bar + alpha k + K (x - x_bar))`` (paper eq. 5) for all step
+    sizes ``alphas (A,)`` at once through the true dynamics.
+
+    :return: ``X (A, b, T+1, n)``, ``U (A, b, T, m)``, ``J (A, b)``
     """
-    B, T, n = x.shape
-    m = u.shape[-1]
-    th = theta[:, None].expand(B, T, theta.shape[-1]).reshape(B * T, -1)
-    _, F = dynamics.jacobians(x.reshape(B * T, n), u.reshape(B * T, m), th)
-    return F.reshape(B, T, n, n + m)
+    A, (b, T, m) = alphas.shape[0], u.shape
+    n = x.shape[-1]
+    xa = pr.x0.unsqueeze(0).expand(A, b, n).reshape(A * b, n)
+    th = pr.theta if pr.theta.dim() == 1 else pr.theta.repeat(A, 1)
+    ff = u + alphas[:, None, None, None] * k  # (A, b, T, m): every step size's feed-forward
+    xs, us = [xa], []
+    for t in range(T):
+        ua = ff[:, :, t] + (K[:, t] @ (xa.reshape(A, b, n) - x[:, t])[..., None])[..., 0]
+        ua = _clamp(ua, None if pr.lower is None else pr.lower[:, t],
+                    None if pr.upper is None else pr.upper[:, t]).reshape(A * b, m)
+        xa = dynamics.step(xa, ua, th)
+        xs.append(xa)
+        us.append(ua)
+    X = torch.stack(xs, 1)
+    U = torch.stack(us, 1)
+    P = {key: v.repeat(A, *([1] * (v.dim() - 1))) for key, v in pr.P.items()}
+    return X.reshape(A, b, T + 1, n), U.reshape(A, b, T, m), cost.total(X, U, P).reshape(A, b)
 
 
-def _take(P: dict[str, Tensor], idx: Tensor | None) -> dict[str, Tensor]:
-    return P if idx is None else {k: v[idx] for k, v in P.items()}
+@dataclass
+class _Step:
+    """A line search's outcome per sample (``b`` samples)."""
+
+    accepted: Tensor  # (b,) bool
+    alpha: Tensor  # (b,) chosen step size (0 if rejected)
+    x: Tensor  # (b, T+1, n)
+    u: Tensor  # (b, T, m)
+    J: Tensor  # (b,)
+
+    def merge(self, other: _Step, idx: Tensor) -> _Step:
+        """Replace samples ``idx`` by ``other``'s where ``other`` accepted (a sample accepted
+        before stays accepted)."""
+        acc = other.accepted
+        new = [torch.where(acc.view(-1, *[1] * (w.dim() - 1)), w, v[idx])
+               for v, w in ((self.alpha, other.alpha), (self.x, other.x), (self.u, other.u),
+                            (self.J, other.J))]
+        return _Step(self.accepted.index_copy(0, idx, self.accepted[idx] | acc),
+                     *(v.index_copy(0, idx, w) for v, w in zip(
+                         (self.alpha, self.x, self.u, self.J), new, strict=True)))
 
 
-def _repeat(P: dict[str, Tensor], A: int) -> dict[str, Tensor]:
-    return {k: v.unsqueeze(0).expand(A, *v.shape).reshape(A * v.shape[0], *v.shape[1:])
-            for k, v in P.items()}
+def _armijo(dynamics, cost, pr, x, u, J, gains: LQRGains, alphas, armijo) -> _Step:
+    """Roll out the step sizes ``alphas`` and pick per sample the largest acceptable one:
+    a decrease of at least ``armijo`` times the first-order prediction ``gu . (u_a - u)``
+    (the true gradient, so the clamping in the rollout is accounted for); once that prediction
+    is below rounding, a step that does not increase ``J`` beyond rounding (otherwise the
+    search stalls near 1e-8 in ``u`` and the fixed point, hence the gradient, is inexact)."""
+    X, U, Ja = _rollout_policy(dynamics, cost, pr, x, u, gains.K, gains.k, alphas)
+    pred = (gains.gu * (U - u)).sum((2, 3))
+    actual = Ja - J
+    tiny = 100 * torch.finfo(J.dtype).eps * (1 + J.abs())
+    ok = ((actual <= armijo * pred) & (pred < 0)) | ((pred.abs() <= tiny) & (actual <= tiny))
+    ok = ok & gains.ok & torch.isfinite(Ja)
+    first = torch.argmax(ok.to(torch.int8), 0)
+    ar = torch.arange(u.shape[0], device=u.device)
+    accepted = ok.any(0)
+    return _Step(accepted, torch.where(accepted, alphas[first], 0.0), X[first, ar], U[first, ar],
+                 Ja[first, ar])
 
 
-def _take_gains(g: LQRGains, idx: Tensor) -> LQRGains:
-    return LQRGains(g.K[idx], g.k[idx], g.free[idx], g.dV[idx], g.ok[idx])
+def _line_search(dynamics, cost, pr, x, u, J, gains, alphas, cfg) -> _Step:
+    """:func:`_armijo` over all step sizes, batched in two stages: the two largest for all
+    samples (near convergence the full step is accepted), the rest only for the samples that
+    accepted neither. Same choice as one rollout of all of them, less work at large ``B``."""
+    if not cfg.batched_line_search:  # ablation: one rollout per step size
+        res = _armijo(dynamics, cost, pr, x, u, J, gains, alphas[:1], cfg.armijo)
+        for j in range(1, alphas.shape[0]):
+            if bool(res.accepted.all()):
+                break
+            r = torch.nonzero(~res.accepted)[:, 0]
+            res = res.merge(_armijo(dynamics, cost, pr.take(r), x[r], u[r], J[r],
+                                    gains.take(r), alphas[j:j + 1], cfg.armijo), r)
+        return res
+    A1 = min(2, alphas.shape[0])
+    res = _armijo(dynamics, cost, pr, x, u, J, gains, alphas[:A1], cfg.armijo)
+    if A1 < alphas.shape[0] and not bool(res.accepted.all()):
+        r = torch.nonzero(~res.accepted)[:, 0]
+        res = res.merge(_armijo(dynamics, cost, pr.take(r), x[r], u[r], J[r], gains.take(r),
+                                alphas[A1:], cfg.armijo), r)
+    return res
+
+
+def _negative_curvature(gains: LQRGains) -> tuple[Tensor, Tensor]:
+    """A direction of negative curvature of the reduced Hessian, from the Riccati pass.
+
+    At the latest step ``t*`` whose free ``Quu`` is not positive definite, the eigenvector
+    ``e`` of its smallest eigenvalue; earlier controls unchanged; later controls follow the
+    feedback ``K`` of the (positive definite) later steps. Along it the second-order change of
+    the cost is ``1/2 e^T Quu_t* e <= 0``: the Riccati pass is the elimination of the later
+    steps, so ``Quu_t*`` is the reduced Hessian's pivot there.
+
+    :return: gains of the direction, ``K (b, T, m, n)`` and ``k (b, T, m)``
+    """
+    Quu, free = gains.Quu, gains.free
+    Mf = free.to(Quu.dtype)
+    big = 1.0 + 10.0 * Quu.abs().amax((-1, -2), keepdim=True)
+    Hm = Quu * Mf[..., :, None] * Mf[..., None, :] + torch.diag_embed((1.0 - Mf) * big[..., 0])
+    evals, evecs = torch.linalg.eigh(Hm)
+    T = Quu.shape[1]
+    steps = torch.arange(T, device=Quu.device)
+    tstar = torch.where(evals[..., 0] <= 0, steps, -1).amax(1)  # (b,)
+    k = evecs[..., :, 0] * (steps == tstar[:, None])[..., None]
+    K = gains.K * (steps > tstar[:, None])[..., None, None]
+    return K, k
+
+
+def _escape(dynamics, cost, pr, x, u, J, gains, alphas) -> _Step:
+    """At a saddle: move along ``+-`` the negative-curvature direction, step sizes
+    ``alphas * (1 + max|u|)``, and take the candidate with the lowest cost if it is lower."""
+    K, k = _negative_curvature(gains)
+    scale = (1 + u.abs().amax((1, 2)))[:, None, None]
+    signed = torch.cat([alphas, -alphas])
+    X, U, Ja = _rollout_policy(dynamics, cost, pr, x, u, K, k * scale, signed)
+    Ja = torch.where(torch.isfinite(Ja), Ja, torch.inf)
+    best = torch.argmin(Ja, 0)
+    ar = torch.arange(u.shape[0], device=u.device)
+    Jb = Ja[best, ar]
+    accepted = Jb < J - 100 * torch.finfo(J.dtype).eps * (1 + J.abs())
+    return _Step(accepted, torch.where(accepted, signed[best].abs(), 0.0), X[best, ar],
+                 U[best, ar], Jb)
 
 
 def _put(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
@@ -153,188 +312,148 @@ def _put(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
-def _line_search(dynamics: Dynamics, cost: Cost, alphas: Tensor, x0: Tensor, theta: Tensor,
-                 P: dict[str, Tensor], x: Tensor, u: Tensor, J: Tensor, gains,
-                 lower: Tensor | None, upper: Tensor | None, eps: float, armijo: float):
-    """Roll out the feedback policy ``u = u_bar + alpha k + K (x - x_bar)`` (paper eq. 5) for
-    all step sizes ``alphas (A,)`` at once and pick, per sample, the largest acceptable one.
-
-    :return: ``accepted (b,)``, index of the chosen step ``(b,)``, and the chosen
-        ``x (b, T+1, n)``, ``u (b, T, m)``, cost ``(b,)``
-    """
-    A, (b, T, m) = alphas.shape[0], u.shape
-    xa = x0.unsqueeze(0).expand(A, b, x0.shape[-1]).reshape(A * b, -1)
-    tha = theta.unsqueeze(0).expand(A, *theta.shape).reshape(A * b, -1)
-    xs_a, us_a = [xa], []
-    ff = u + alphas[:, None, None, None] * gains.k  # (A, b, T, m) feedforward of every alpha
-    for t in range(T):
-        dx = xa.reshape(A, b, -1) - x[:, t]
-        ua = ff[:, :, t] + (gains.K[:, t] @ dx[..., None])[..., 0]
-        if lower is not None:
-            ua = torch.minimum(torch.maximum(ua, lower[:, t]), upper[:, t])
-        ua = ua.reshape(A * b, m)
-        xa = dynamics.step(xa, ua, tha)
-        xs_a.append(xa)
-        us_a.append(ua)
-    Xa = torch.stack(xs_a, 1)
-    Ua = torch.stack(us_a, 1)
-    Ja = cost.total(Xa, Ua, _repeat(P, A)).reshape(A, b)
-    expected = alphas[:, None] * gains.dV[:, 0] + alphas[:, None] ** 2 * gains.dV[:, 1]
-    actual = Ja - J
-    # Accept a sufficient decrease; once the predicted decrease is below rounding, accept a
-    # full step that does not increase J beyond rounding (otherwise the search stalls near
-    # 1e-8 in u and the fixed point, hence the gradient, is inexact: DESIGN.md "Pitfalls").
-    tiny = 100 * eps * (1 + J.abs())
-    ok_a = (actual <= armijo * expected) & (expected < 0)
-    ok_a = ok_a | ((-expected <= tiny) & (actual <= tiny))
-    ok_a = ok_a & gains.ok & torch.isfinite(Ja)
-    accepted = ok_a.any(0)
-    first = torch.argmax(ok_a.to(torch.int8), 0)
-    pick = first * b + torch.arange(b, device=u.device)  # Xa is (A*b), alpha-major
-    return accepted, first, Xa[pick], Ua[pick], Ja.reshape(-1)[pick]
+def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Tensor,
+                 exact: Tensor, any_exact: bool, mu: Tensor, free: Tensor | None = None
+                 ) -> LQRGains:
+    """Derivatives at ``(x, u)`` and the projected Riccati pass (steps 1-2 of the module
+    docstring). ``exact (b,)``: samples that use the exact Lagrangian Hessian."""
+    d = derivatives(dynamics, cost, x, u, pr.theta, pr.P)
+    C = d.C
+    if any_exact:
+        lam = costates(d.F, d.c, d.cT)
+        Hf = lagrangian_hessian(dynamics, x[:, :-1], u, pr.theta, lam[:, 1:])
+        C = C + exact.to(C.dtype)[:, None, None, None] * Hf
+    at_lo = at_hi = None
+    if pr.lower is not None:
+        at_lo, at_hi = u <= pr.lower, u >= pr.upper
+    return lqr_backward(d.F, C, d.c, d.CT, d.cT, mu=mu, free=free, at_lower=at_lo,
+                        at_upper=at_hi, costates=True)
 
 
 def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                P: dict[str, Tensor], u_init: Tensor, lower: Tensor | None,
                upper: Tensor | None, config: ILQRConfig) -> Solution:
-    """Solve ``min_u J(u)`` by iLQR from ``u_init``.
+    """Solve ``min_u J(u)`` from ``u_init`` (the module docstring lists the steps).
 
     Differentiable by unrolling when called with inputs that require grad under grad mode;
     :class:`dilqr_rl.DiLQR` calls it under ``no_grad`` and differentiates the fixed point.
 
-    :param x0: ``(B, n)``; :param theta: dynamics parameters ``(B, p)``
+    :param x0: ``(B, n)``; :param theta: dynamics parameters, shared ``(p,)`` or ``(B, p)``
     :param P: cost parameters, values ``(B, ...)``
     :param u_init: ``(B, T, m)`` initial controls (projected onto the box)
     :param lower: ``(B, T, m)`` or ``None``; :param upper: ``(B, T, m)`` or ``None``
     :return: :class:`Solution` (``cost`` undifferentiated here; the layer recomputes it)
+    :raises ValueError: when the initial rollout or its cost is not finite
     """
+    cfg = config
     B, T, m = u_init.shape
     dev, dt = x0.device, x0.dtype
-    cfg = config
-    boxed = lower is not None
-    u = torch.minimum(torch.maximum(u_init, lower), upper) if boxed else u_init
+    full = _Problem(x0, theta, P, lower, upper)
+    u = _clamp(u_init, lower, upper)
     x = rollout(dynamics, x0, u, theta)
     J = cost.total(x, u, P)
+    bad = ~(torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(f"the initial rollout is not finite for {int(bad.sum())} of {B} samples "
+                         f"(first: sample {i}, cost {float(J[i])}): the dynamics or the cost "
+                         "return NaN/inf at x0 with u_init; check the model's parameters, x0 "
+                         "and the bounds")
     mu = torch.full((B,), cfg.mu_init, dtype=dt, device=dev)
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    converged = torch.zeros(B, dtype=torch.bool, device=dev)
-    iterations = torch.zeros(B, dtype=torch.long, device=dev)
-    alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=dt, device=dev)
-    A = cfg.n_alpha
-    eps = torch.finfo(dt).eps
-    idx = None  # None: the whole batch is active
+    nan = torch.full((B,), math.nan, dtype=dt, device=dev)
     newton = torch.zeros(B, dtype=torch.bool, device=dev)
-    newton_any = False
+    converged = torch.zeros_like(newton)
+    iterations = torch.zeros(B, dtype=torch.long, device=dev)
+    kkt, pivot = nan, nan
+    alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=dt, device=dev)
+    idx: Tensor | None = None  # None: the whole batch is working
+    any_exact = False
     hist: list[Tensor] = []
 
     for _ in range(cfg.max_iter):
-        xs, us, Js, mus = (v if idx is None else v[idx] for v in (x, u, J, mu))
-        x0s, ths, Ps = (x0, theta, P) if idx is None else (x0[idx], theta[idx], _take(P, idx))
-        los = his = None
-        if boxed:
-            los, his = (lower, upper) if idx is None else (lower[idx], upper[idx])
-        b = us.shape[0]
-
-        # 1. linearize / quadratize all b*T pairs at once (paper sections 4.4-4.5)
-        F = linearize(dynamics, xs[:, :-1], us, ths)
-        c, C, cT, CT = cost.quadratize(xs, us, Ps)
-        if newton_any:
-            nw = newton if idx is None else newton[idx]
-            lam = costates(F, c, cT)
-            Hf = dynamics.weighted_hessian(xs[:, :-1].reshape(b * T, -1), us.reshape(b * T, m),
-                                           ths[:, None].expand(b, T, -1).reshape(b * T, -1),
-                                           lam[:, 1:].reshape(b * T, -1))
-            C = C + nw.to(dt)[:, None, None, None] * Hf.reshape(C.shape)
-
-        # 2. Riccati pass with the box QP on Quu (Tassa et al. 2014)
-        gains = lqr_backward(F, C, c, CT, cT, mu=mus,
-                             lower=None if not boxed else los - us,
-                             upper=None if not boxed else his - us,
-                             boxqp_iters=cfg.boxqp_iters)
-
-        # 3. line search: all step sizes rolled out through the true dynamics at once
-        if cfg.batched_line_search:
-            # Two batched stages: the two largest steps for everyone (near convergence the full
-            # step is accepted), then the remaining step sizes only for the samples that accepted
-            # neither. The choice equals one rollout of all step sizes (the largest acceptable),
-            # at a quarter of the rollout work when compute, not overhead, dominates (large B).
-            A1 = min(2, A)
-            accepted, first, Xn, Un, Jn = _line_search(dynamics, cost, alphas[:A1], x0s, ths,
-                                                       Ps, xs, us, Js, gains, los, his, eps,
-                                                       cfg.armijo)
-            if A1 < A and not bool(accepted.all()):
-                r = torch.nonzero(~accepted)[:, 0]
-                res = _line_search(dynamics, cost, alphas[A1:], x0s[r], ths[r], _take(Ps, r),
-                                   xs[r], us[r], Js[r], _take_gains(gains, r),
-                                   None if los is None else los[r],
-                                   None if his is None else his[r], eps, cfg.armijo)
-                accepted = accepted.index_copy(0, r, res[0])
-                first = first.index_copy(0, r, res[1] + A1)
-                Xn, Un, Jn = (v.index_copy(0, r, w) for v, w in zip((Xn, Un, Jn), res[2:],
-                                                                    strict=True))
-        else:  # ablation: one rollout per step size, until every sample has accepted one
-            for j in range(A):
-                res = _line_search(dynamics, cost, alphas[j : j + 1], x0s, ths, Ps, xs, us, Js,
-                                   gains, los, his, eps, cfg.armijo)
-                if j == 0:
-                    accepted, first, Xn, Un, Jn = res
-                    first = torch.zeros_like(first)
-                else:
-                    new = res[0] & ~accepted
-                    first = torch.where(new, j, first)
-                    Xn = torch.where(new[:, None, None], res[2], Xn)
-                    Un = torch.where(new[:, None, None], res[3], Un)
-                    Jn = torch.where(new, res[4], Jn)
-                    accepted = accepted | res[0]
-                if bool(accepted.all()):
-                    break
-
-        step = (Un - us).abs().amax((1, 2))
-        # A small accepted step is not enough: a short line-search step along a long Newton
-        # direction also moves little. Converged means the full iLQR step k is small too.
-        newton_step = torch.maximum(step, gains.k.abs().amax((1, 2)))
-        acc3 = accepted[:, None, None]
-        xs_new = torch.where(acc3, Xn, xs)
-        us_new = torch.where(acc3, Un, us)
-        Js_new = torch.where(accepted, Jn, Js)
-        mus_new = torch.where(accepted, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
+        pr = full if idx is None else full.take(idx)
+        xs, us, Js, mus, nws = (v if idx is None else v[idx] for v in (x, u, J, mu, newton))
+        umax = us.abs().amax((1, 2))
+        gains = _newton_step(dynamics, cost, pr, xs, us, nws, any_exact, mus)
+        small = gains.k.abs().amax((1, 2)) <= cfg.tol * (1 + umax)
+        # certified: exact Hessian, negligible regularization, positive definite reduced
+        # Hessian on the free controls, Newton step below tolerance (docs/solver.md)
+        cert = nws & small & gains.ok & (gains.pivot > 0) & (mus <= 1e-3 * gains.pivot)
+        step = _line_search(dynamics, cost, pr, xs, us, Js, gains, alphas, cfg)
+        if pr.lower is not None:
+            # no step accepted: hold the controls that the full step keeps on their bound
+            # (the projected Newton direction can point out of the box there), and redo
+            retry = ~step.accepted & gains.ok & ~cert
+            if bool(retry.any()):
+                r = torch.nonzero(retry)[:, 0]
+                pr_r, ur = pr.take(r), us[r]
+                stay = ((ur <= pr_r.lower) & (step.u[r] <= pr_r.lower)) | \
+                    ((ur >= pr_r.upper) & (step.u[r] >= pr_r.upper))
+                g2 = _newton_step(dynamics, cost, pr_r, xs[r], ur, nws[r], any_exact, mus[r],
+                                  free=~stay)
+                step = step.merge(_line_search(dynamics, cost, pr_r, xs[r], ur, Js[r], g2,
+                                               alphas, cfg), r)
+        # exact reduced Hessian indefinite (a saddle, or near one: a hanging pendulum): also
+        # try the direction of negative curvature, and keep whichever step lowers J more.
+        # Regularized Newton alone creeps there (its step is tiny where the gradient is).
+        indef = nws & ~(gains.pivot > 0)
+        if bool(indef.any()):
+            r = torch.nonzero(indef)[:, 0]
+            esc = _escape(dynamics, cost, pr.take(r), xs[r], us[r], Js[r], gains.take(r), alphas)
+            esc.accepted = esc.accepted & (~step.accepted[r] | (esc.J < step.J[r]))
+            step = step.merge(esc, r)
+        if cfg.tol == 0:
+            cert = torch.zeros_like(cert)
+        acc = step.accepted & ~cert
+        mus_new = torch.where(acc, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
                               mus * cfg.mu_factor)
-        if cfg.tol > 0:
-            conv = accepted & (newton_step <= cfg.tol * (1 + us_new.abs().amax((1, 2))))
-        else:
-            conv = torch.zeros_like(accepted)
-        stalled = ~accepted & (mus_new > cfg.mu_max)
-
-        if cfg.newton_tol > 0:
-            small = accepted & (newton_step <= cfg.newton_tol *
-                                (1 + us_new.abs().amax((1, 2))))
-            newton = _put(newton, idx, (newton if idx is None else newton[idx]) | small)
+        # an indefinite Quu (m = 1 knows by how much): jump to a regularization that fixes it
+        jump = ~acc & ~gains.ok & torch.isfinite(gains.pivot) & (gains.pivot < 0)
+        mus_new = torch.where(jump, torch.maximum(mus_new, -2 * gains.pivot), mus_new)
+        mus_new = torch.where(cert, mus, mus_new)
+        decrease = Js - step.J
+        nws_new = nws | small | (acc & (decrease <= cfg.newton_tol * (1 + Js.abs())))
+        a3 = acc[:, None, None]
+        xs_new, us_new = torch.where(a3, step.x, xs), torch.where(a3, step.u, us)
+        Js_new = torch.where(acc, step.J, Js)
+        stalled = ~acc & ~cert & (mus_new > cfg.mu_max)
         if cfg.record_history:
-            full = torch.full((B,), math.nan, dtype=dt, device=dev)
-            hist.append(torch.stack([_put(full, idx, torch.where(accepted, step, math.nan)),
-                                     _put(full, idx, mus_new),
-                                     _put(full, idx, torch.where(accepted, alphas[first],
-                                                                 0.0)),
-                                     _put(full, idx, Js_new)], -1))
-        x, u = _put(x, idx, xs_new), _put(u, idx, us_new)
-        J, mu = _put(J, idx, Js_new), _put(mu, idx, mus_new)
-        ones = torch.ones(b, dtype=torch.long, device=dev)
-        iterations = iterations.index_add(0, idx, ones) if idx is not None else iterations + 1
-        converged = _put(converged, idx, conv)
-        active = _put(active, idx, ~conv & ~stalled)
+            du = torch.where(acc, (us_new - us).abs().amax((1, 2)), math.nan)
+            hist.append(torch.stack([_put(nan, idx, v) for v in (
+                du, mus_new, torch.where(acc, step.alpha, 0.0), Js_new)], -1))
+        x, u, J = _put(x, idx, xs_new), _put(u, idx, us_new), _put(J, idx, Js_new)
+        mu, newton = _put(mu, idx, mus_new), _put(newton, idx, nws_new)
+        kkt = _put(kkt, idx, torch.where(cert, projected_gradient(us, gains.gu, pr.lower,
+                                                                  pr.upper), math.nan))
+        pivot = _put(pivot, idx, torch.where(cert, gains.pivot, math.nan))
+        ones = torch.ones(us.shape[0], dtype=torch.long, device=dev)
+        iterations = iterations + 1 if idx is None else iterations.index_add(0, idx, ones)
+        converged = _put(converged, idx, cert)
+        working = _put(torch.zeros_like(converged), idx, ~cert & ~stalled) if idx is not None \
+            else ~cert & ~stalled
         # the one host synchronisation of the iteration
-        act_host, newton_host = torch.stack([active, newton]).cpu()
-        if not bool(act_host.any()):
+        w_host, n_host = torch.stack([working, newton]).cpu()
+        if not bool(w_host.any()):
             break
-        newton_any = bool((newton_host & act_host).any())
-        idx = None if bool(act_host.all()) else torch.nonzero(act_host)[:, 0].to(dev)
+        any_exact = bool((n_host & w_host).any())
+        idx = None if bool(w_host.all()) else torch.nonzero(w_host)[:, 0].to(dev)
 
+    if cfg.tol > 0 and not bool(converged.all()):
+        # the diagnostics of the samples that did not converge, at the returned point
+        r = torch.nonzero(~converged)[:, 0]
+        g = _newton_step(dynamics, cost, full.take(r), x[r], u[r],
+                         torch.ones_like(r, dtype=torch.bool), True, None)
+        kkt = kkt.index_copy(0, r, projected_gradient(u[r], g.gu, *(
+            None if v is None else v[r] for v in (lower, upper))))
+        pivot = pivot.index_copy(0, r, g.pivot)
     free = torch.ones_like(u, dtype=torch.bool)
-    if boxed:
+    if lower is not None:
+        eps = torch.finfo(dt).eps
         # clamped controls sit exactly on the bound; allow a few ulps
         above = torch.where(torch.isfinite(lower), u > lower + 4 * eps * (1 + lower.abs()), True)
         below = torch.where(torch.isfinite(upper), u < upper - 4 * eps * (1 + upper.abs()), True)
         free = above & below
     history = torch.stack(hist, 1).detach() if hist else None
     return Solution(x=x, u=u, cost=J, converged=converged, iterations=iterations,
-                    free=free.detach(), history=history)
+                    free=free.detach(), kkt=kkt.detach(), pivot=pivot.detach(),
+                    history=history)

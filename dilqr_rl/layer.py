@@ -127,7 +127,8 @@ class DiLQR(nn.Module):
                                  f"{tuple(params.shape)}")
             theta = params.to(x0)
         _check_finite("params" if params is not None else "dynamics parameters", theta)
-        theta = theta.expand(B, p)
+        # shared parameters stay (p,): the model's forward then runs as one batched call
+        # instead of a vmap over samples (docs/solver.md, "The general path")
         shapes = self.cost.param_shapes()
         P = {}
         for k, v in self.cost.params().items():
@@ -202,7 +203,8 @@ class DiLQR(nn.Module):
                                        upper, self.config, exact=self.grad == "implicit")
         self._report(sol)
         return Solution(x=x, u=u, cost=self.cost.total(x, u, P), converged=sol.converged,
-                        iterations=sol.iterations, free=sol.free, history=sol.history)
+                        iterations=sol.iterations, free=sol.free, kkt=sol.kkt, pivot=sol.pivot,
+                        history=sol.history)
 
     def _report(self, sol: Solution) -> None:
         if self.config.tol == 0:

@@ -1,21 +1,27 @@
-"""Batched time-varying LQR with box-constrained controls: pure functions, no module state.
+"""Batched time-varying LQR: the Riccati pass, the rollout, the costates. Pure functions.
 
 Notation (batch-major in every interface; internally, the m = 1 Riccati pass on CPU switches
 to a batch-last layout from ``BATCH_LAST_MIN_B`` samples on): ``B`` batch, ``T`` horizon,
 ``n`` states, ``m`` controls, ``z_t = [x_t; u_t]``. The problem in deviation coordinates is
 
     min  sum_{t<T} 1/2 z_t^T C_t z_t + c_t^T z_t  +  1/2 x_T^T C_T x_T + c_T^T x_T
-    s.t. x_{t+1} = F_t z_t + f_t,   x_0 given,   lower_t <= u_t <= upper_t.
+    s.t. x_{t+1} = F_t z_t + f_t,   x_0 given,   u_{t,i} = 0 for the held controls.
 
 Shapes: ``F (B, T, n, n+m)``, ``f (B, T, n)``, ``C (B, T, n+m, n+m)``, ``c (B, T, n+m)``,
 ``CT (B, n, n)``, ``cT (B, n)``; gains ``K (B, T, m, n)``, ``k (B, T, m)``.
 
-The backward (Riccati) pass handles the controls in one of three ways: unconstrained; box
-bounds solved per step by a projected-Newton box QP on ``Quu`` (Tassa, Mansard & Todorov
-2014, "Control-limited differential dynamic programming"); or a fixed set of controls held at
-zero (``free`` mask), which is what the adjoint LQR of the implicit gradient needs. For
-``m = 1`` all three have closed forms and no LAPACK call is made (tiny batched LAPACK calls are
-slow on CPU, see DESIGN.md "Pitfalls").
+Box constraints are handled by the solver as a *projected Newton* method over the whole
+trajectory (docs/solver.md): a control that sits on a bound while the true gradient of the
+cost pushes it outward is held (its deviation is zero, its gain row is zero); every other
+control is free. The true gradient ``dJ/du_t = c_u + F_u^T lam_{t+1}`` needs the costates
+``lam``, which obey a backward recursion of their own; :func:`lqr_backward` runs it in the
+same loop as the Riccati recursion (``at_lower`` / ``at_upper``), so the held set of step
+``t`` is known when step ``t`` is solved. The implicit gradient's adjoint LQR uses the same
+pass with a given ``free`` mask.
+
+:func:`_riccati_step` is the reference step, written once, for any ``m``. For ``m = 1`` two
+labelled fast paths do the same arithmetic in closed form without LAPACK (tiny batched LAPACK
+calls are slow on CPU: docs/pitfalls.md), one of them in a batch-last layout.
 """
 
 from __future__ import annotations
@@ -25,234 +31,232 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["LQRGains", "lqr_backward", "lqr_rollout", "box_qp", "lqr_solve", "costates"]
+__all__ = ["LQRGains", "lqr_backward", "lqr_rollout", "lqr_solve", "costates"]
 
 
 @dataclass(frozen=True)
 class LQRGains:
     """Result of the Riccati pass.
 
-    :ivar K: feedback gains ``(B, T, m, n)``
-    :ivar k: feed-forward terms ``(B, T, m)``
-    :ivar free: ``(B, T, m)`` bool, controls not clamped by the box (or the given mask)
-    :ivar dV: ``(B, 2)``: ``sum_t k^T Qu`` and ``sum_t 1/2 k^T Quu k`` (predicted change of
-        the cost for a step ``alpha``: ``alpha dV[0] + alpha^2 dV[1]``)
-    :ivar ok: ``(B,)`` bool, ``Quu`` (restricted to free controls) positive definite at
+    :ivar K: feedback gains ``(B, T, m, n)`` (zero rows for held controls)
+    :ivar k: feed-forward terms ``(B, T, m)`` (zero for held controls)
+    :ivar free: ``(B, T, m)`` bool, the controls that were free (not held)
+    :ivar ok: ``(B,)`` bool, ``Quu + mu`` restricted to the free controls positive definite at
         every step
+    :ivar pivot: ``(B,)`` the smallest pivot of the free ``Quu`` over all steps, without the
+        regularization ``mu``: for ``m = 1`` the free ``Quu`` itself; for ``m > 1`` the smallest
+        squared diagonal of its Cholesky factor, ``-inf`` where it was not positive definite.
+        Positive exactly when the reduced Hessian of the LQR over the free controls is positive
+        definite. ``+inf`` when no control is free.
+    :ivar Quu: ``(B, T, m, m)`` the ``Quu`` of every step (without ``mu``)
+    :ivar lam: ``(B, T+1, n)`` costates ``lam_T = cT``, ``lam_t = c_x + F_x^T lam_{t+1}`` (only
+        with ``at_lower`` / ``at_upper`` or ``costates=True``, else ``None``)
+    :ivar gu: ``(B, T, m)`` the gradient ``c_u + F_u^T lam_{t+1}`` (as ``lam``)
     """
 
     K: Tensor
     k: Tensor
     free: Tensor
-    dV: Tensor
     ok: Tensor
+    pivot: Tensor
+    Quu: Tensor
+    lam: Tensor | None = None
+    gu: Tensor | None = None
+
+    def take(self, idx: Tensor) -> LQRGains:
+        """The gains of the samples ``idx (b,)``."""
+        return LQRGains(*(None if v is None else v[idx] for v in (
+            self.K, self.k, self.free, self.ok, self.pivot, self.Quu, self.lam, self.gu)))
 
 
 def _masked(H: Tensor, M: Tensor) -> Tensor:
-    """``M H M + (I - M)`` for a 0/1 diagonal mask ``M (..., m)``: zero rows/cols of fixed
+    """``M H M + (I - M)`` for a 0/1 diagonal mask ``M (..., m)``: zero rows/cols of held
     controls, identity on their diagonal, so a solve returns 0 there."""
     Mf = M.to(H.dtype)
     return H * Mf[..., :, None] * Mf[..., None, :] + torch.diag_embed(1.0 - Mf)
 
 
-def box_qp(H: Tensor, g: Tensor, lower: Tensor, upper: Tensor, x_init: Tensor | None = None,
-           iters: int = 20, n_alpha: int = 10) -> tuple[Tensor, Tensor, Tensor]:
-    """Batched projected-Newton solver of ``min 1/2 x^T H x + g^T x, lower <= x <= upper``.
+def _held(gu: Tensor, at_lower: Tensor, at_upper: Tensor) -> Tensor:
+    """Controls on a bound whose gradient ``gu`` pushes them outward (the projected-Newton
+    held set; its multiplier has the right sign by construction)."""
+    return (at_lower & (gu > 0)) | (at_upper & (gu < 0))
 
-    Tassa et al. (2014), Algorithm 3: identify the clamped set (at a bound with the gradient
-    pushing outward), take a Newton step on the free set, and search along the projected
-    arc. All ``n_alpha`` candidate steps are evaluated at once; a fixed number of iterations
-    runs without host synchronisation (converged samples do not move).
 
-    :param H: ``(B, m, m)`` symmetric positive definite
-    :param g: ``(B, m)``; :param lower: ``(B, m)``; :param upper: ``(B, m)``
-    :param x_init: ``(B, m)`` starting point (projected); default ``0`` projected
-    :return: ``x (B, m)``, ``free (B, m)`` bool, ``ok (B,)`` bool (free Hessian factorized)
+def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: Tensor | None,
+                  mu: Tensor | None, free_t: Tensor):
+    """One step of the Riccati recursion, any ``m`` (the reference; Tassa et al. 2012 eq. 5).
+
+    ``Q = C + F^T V F``, ``q = c + F^T (v + V f)``; on the free controls ``k = -Quu^-1 qu``,
+    ``K = -Quu^-1 Qux`` (``Quu + mu I``, Levenberg-Marquardt); held controls get zero rows. Then
+    ``V = Qxx + K^T Quu K + K^T Qux + Qux^T K`` and ``v = qx + K^T (Quu k + qu) + Qux^T k``.
+
+    :param V: ``(B, n, n)``, :param v: ``(B, n)``: the value function of step ``t+1``
+    :param Ft: ``(B, n, n+m)``; :param Ct: ``(B, n+m, n+m)``; :param ct: ``(B, n+m)``
+    :param ft: ``(B, n)`` or ``None``; :param mu: ``(B,)`` or ``None``
+    :param free_t: ``(B, m)`` bool
+    :return: ``V, v, K (B, m, n), k (B, m), pd (B,), pivot (B,), Quu (B, m, m)``
     """
-    x = torch.zeros_like(g) if x_init is None else x_init
-    x = torch.minimum(torch.maximum(x, lower), upper)
-    alphas = 0.5 ** torch.arange(n_alpha, dtype=g.dtype, device=g.device)
-    ok = torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
-
-    def value(y: Tensor) -> Tensor:
-        return 0.5 * (y[..., None, :] @ H @ y[..., :, None])[..., 0, 0] + (g * y).sum(-1)
-
-    for _ in range(iters):
-        grad = g + (H @ x[..., None])[..., 0]
-        clamped = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
-        Mf = (~clamped).to(g.dtype)
-        L, info = torch.linalg.cholesky_ex(_masked(H, ~clamped))
-        ok = ok & (info == 0)
-        d = -torch.cholesky_solve((Mf * grad)[..., None], L)[..., 0]
-        d = torch.where((info == 0)[:, None], d, -Mf * grad)  # gradient step if not PD
-        xa = torch.minimum(torch.maximum(x + alphas[:, None, None] * d, lower), upper)
-        f0 = value(x)
-        fa = value(xa)  # (A, B)
-        armijo = (fa - f0) <= 0.1 * (grad * (xa - x)).sum(-1)
-        # the largest step satisfying the projected Armijo condition; none: stay
-        first = torch.argmax(armijo.to(torch.int8), 0)
-        anyok = armijo.any(0)
-        xn = xa.gather(0, first[None, :, None].expand(1, *x.shape))[0]
-        moved = anyok & (xn != x).any(-1)
-        x = torch.where(anyok[:, None], xn, x)
-        # On the CPU a host check is free, so stop as soon as no sample moves; on an
-        # accelerator the fixed iteration count avoids a synchronisation per iteration.
-        if x.device.type == "cpu" and not bool(moved.any()):
-            break
-    grad = g + (H @ x[..., None])[..., 0]
-    clamped = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
-    return x, ~clamped, ok
+    n = Ft.shape[-2]
+    FtT = Ft.transpose(-1, -2)
+    Q = Ct + FtT @ (V @ Ft)
+    vv = v if ft is None else v + (V @ ft[..., None])[..., 0]
+    q = ct + (FtT @ vv[..., None])[..., 0]
+    Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
+    qx, qu = q[:, :n], q[:, n:]
+    m = Quu.shape[-1]
+    H = Quu if mu is None else Quu + mu[:, None, None] * torch.eye(m, dtype=Q.dtype,
+                                                                   device=Q.device)
+    Hm = _masked(H, free_t)
+    L, info = torch.linalg.cholesky_ex(Hm)
+    pd = info == 0
+    rhs = torch.cat([qu[..., None], Qux], -1) * free_t[..., None].to(Q.dtype)
+    # the adjoint LQR (mu None) may meet an indefinite Quu away from a minimum: LU there
+    sol = torch.linalg.solve(Hm, rhs) if mu is None else torch.cholesky_solve(rhs, L)
+    if mu is not None:  # no step where Quu + mu is not positive definite (ok reports it)
+        sol = torch.where(pd[:, None, None], sol, 0.0)
+    k, K = -sol[..., 0], -sol[..., 1:]
+    d = torch.diagonal(L, dim1=-2, dim2=-1) ** 2 - (0.0 if mu is None else mu[:, None])
+    pivot = torch.where(free_t, d, torch.inf).amin(-1)
+    pivot = torch.where(pd, pivot, -torch.inf)
+    KT = K.transpose(-1, -2)
+    V = Qxx + KT @ (Quu @ K) + KT @ Qux + Qux.transpose(-1, -2) @ K
+    V = 0.5 * (V + V.transpose(-1, -2))
+    v = qx + (KT @ ((Quu @ k[..., None])[..., 0] + qu)[..., None])[..., 0] + \
+        (Qux.transpose(-1, -2) @ k[..., None])[..., 0]
+    return V, v, K, k, pd, pivot, Quu
 
 
 def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
                  f: Tensor | None = None, mu: Tensor | None = None,
-                 lower: Tensor | None = None, upper: Tensor | None = None,
-                 free: Tensor | None = None, boxqp_iters: int = 20) -> LQRGains:
-    """Riccati pass of the (box-constrained) LQR.
+                 free: Tensor | None = None, at_lower: Tensor | None = None,
+                 at_upper: Tensor | None = None, costates: bool = False) -> LQRGains:
+    """Riccati pass of the LQR, with a held set given (``free``) or found from the costates.
 
     :param F: ``(B, T, n, n+m)``; :param C: ``(B, T, n+m, n+m)``; :param c: ``(B, T, n+m)``
     :param CT: ``(B, n, n)``; :param cT: ``(B, n)``; :param f: ``(B, T, n)`` or ``None`` (0)
-    :param mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Quu``
-    :param lower: ``(B, T, m)`` bounds on ``u`` (deviation coordinates); ``None``: none
-    :param upper: ``(B, T, m)``
+    :param mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Quu``, or ``None``
     :param free: ``(B, T, m)`` bool; controls with ``False`` are held at zero
+    :param at_lower: ``(B, T, m)`` bool, controls on their lower bound; with ``at_upper``, the
+        controls on a bound whose gradient ``c_u + F_u^T lam_{t+1}`` pushes outward are held
+        too (projected Newton). ``c``/``cT`` must then be the cost gradients at the trajectory
+        and ``f`` ``None`` (the costates are those of the linearization)
+    :param at_upper: ``(B, T, m)`` bool, controls on their upper bound
+    :param costates: return ``lam`` and ``gu`` even without bounds
     :return: :class:`LQRGains`
     """
     B, T, n, nz = F.shape
     m = nz - n
+    if (at_lower is None) != (at_upper is None):
+        raise ValueError("at_lower and at_upper go together")
+    project = at_lower is not None
+    if project and f is not None:
+        raise ValueError("the projected pass works in deviation coordinates (f must be None)")
     if m == 1:
-        if F.device.type == "cpu" and B >= BATCH_LAST_MIN_B:
-            return _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free)
-        return _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free)
+        fast = _riccati_scalar_batch_last if F.device.type == "cpu" and \
+            B >= BATCH_LAST_MIN_B else _riccati_scalar
+        return fast(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, costates or project)
     V, v = CT, cT
-    Ks, ks, frees = [None] * T, [None] * T, [None] * T
-    dV1 = torch.zeros(B, dtype=F.dtype, device=F.device)
-    dV2 = torch.zeros_like(dV1)
-    ok = torch.ones(B, dtype=torch.bool, device=F.device)
-    boxed = lower is not None
+    lam = cT
+    out = [[None] * T for _ in range(7)]  # K, k, free, pd, pivot, Quu, gu
+    lams = [None] * T
+    all_free = torch.ones(B, m, dtype=torch.bool, device=F.device)
     for t in range(T - 1, -1, -1):
-        Ft = F[:, t]
-        FtT = Ft.transpose(-1, -2)
-        VF = V @ Ft
-        Q = C[:, t] + FtT @ VF
-        vv = v if f is None else v + (V @ f[:, t, :, None])[..., 0]
-        q = c[:, t] + (FtT @ vv[..., None])[..., 0]
-        Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
-        qx, qu = q[:, :n], q[:, n:]
-        H = Quu if mu is None else Quu + mu[:, None, None] * torch.eye(
-            m, dtype=F.dtype, device=F.device)
-        if boxed:
-            kt, fr, okq = box_qp(H, qu, lower[:, t], upper[:, t], iters=boxqp_iters)
-            ok = ok & okq
-            L, info = torch.linalg.cholesky_ex(_masked(H, fr))
-            ok = ok & (info == 0)
-            Kt = -torch.cholesky_solve(Qux * fr[..., None].to(F.dtype), L)
-        else:
-            fr = torch.ones_like(qu, dtype=torch.bool) if free is None else free[:, t]
-            Hm = _masked(H, fr)
-            rhs = torch.cat([qu[..., None], Qux], -1) * fr[..., None].to(F.dtype)
-            if mu is None:
-                # adjoint / plain LQR: Quu may be indefinite away from a minimum; LU
-                sol = torch.linalg.solve(Hm, rhs)
-                ok = ok & (torch.linalg.cholesky_ex(Hm)[1] == 0)
-            else:
-                L, info = torch.linalg.cholesky_ex(Hm)
-                ok = ok & (info == 0)
-                sol = torch.cholesky_solve(rhs, L)
-            kt, Kt = -sol[..., 0], -sol[..., 1:]
-        KtT = Kt.transpose(-1, -2)
-        QuuK = Quu @ Kt
-        V = Qxx + KtT @ QuuK + KtT @ Qux + Qux.transpose(-1, -2) @ Kt
-        V = 0.5 * (V + V.transpose(-1, -2))
-        v = qx + (KtT @ (Quu @ kt[..., None] + qu[..., None]))[..., 0] + \
-            (Qux.transpose(-1, -2) @ kt[..., None])[..., 0]
-        dV1 = dV1 + (kt * qu).sum(-1)
-        dV2 = dV2 + 0.5 * (kt[:, None, :] @ Quu @ kt[..., None])[:, 0, 0]
-        Ks[t], ks[t], frees[t] = Kt, kt, fr
-    return LQRGains(torch.stack(Ks, 1), torch.stack(ks, 1), torch.stack(frees, 1),
-                    torch.stack([dV1, dV2], -1), ok)
+        Ft, ct = F[:, t], c[:, t]
+        fr = all_free if free is None else free[:, t]
+        gu = None
+        if project or costates:
+            gu = ct[:, n:] + (Ft[:, :, n:].transpose(-1, -2) @ lam[..., None])[..., 0]
+            lams[t] = lam = ct[:, :n] + (Ft[:, :, :n].transpose(-1, -2) @ lam[..., None])[..., 0]
+            if project:
+                fr = fr & ~_held(gu, at_lower[:, t], at_upper[:, t])
+        V, v, K, k, pd, piv, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
+                                                 None if f is None else f[:, t], mu, fr)
+        for lst, val in zip(out, (K, k, fr, pd, piv, Quu, gu), strict=True):
+            lst[t] = val
+    K, k, fr, pd, piv, Quu, gu = out
+    has_lam = project or costates
+    return LQRGains(torch.stack(K, 1), torch.stack(k, 1), torch.stack(fr, 1),
+                    torch.stack(pd, 1).all(1), torch.stack(piv, 1).amin(1), torch.stack(Quu, 1),
+                    torch.stack([*lams, cT], 1) if has_lam else None,
+                    torch.stack(gu, 1) if has_lam else None)
 
 
-def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, lo: Tensor | None,
-                    hi: Tensor | None, both: Tensor | None, free: Tensor | None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One step's control in the scalar Riccati pass, elementwise (any batch layout).
 
     :param Quu: ``Quu``; :param qu: ``qu``; :param mu: regularization added to ``Quu`` or
-        ``None``; all of the same shape (or broadcastable)
-    :param lo: lower bound, :param hi: upper bound, :param both: where both are finite;
-        ``None`` when unboxed
-    :param free: the fixed free mask (unboxed only) or ``None``
-    :return: ``k = clamp(-qu / h)`` with ``h = Quu + mu``; ``fr`` (free, not clamped);
-        ``pd`` (``h > 0``, or a concave step resolved at a finite bound); ``s = fr / h``
+        ``None``; :param free: the free mask or ``None``; all broadcastable
+    :return: ``k = -qu / h`` on free controls with ``h = Quu + mu > 0`` (else 0); ``fr`` (free
+        and ``h > 0``); ``pd`` (``h > 0`` or held); ``s = fr / h``; ``pivot`` (``Quu`` where
+        free, ``+inf`` where held). A free control with ``h <= 0`` gets no step (``pd`` False
+        reports it)
     """
     h = Quu if mu is None else Quu + mu
-    pd = h > 0
-    hs = torch.where(pd, h, 1.0)
-    k = -qu / hs
-    if lo is not None:
-        fr = pd & (k > lo) & (k < hi)
-        k = torch.minimum(torch.maximum(k, lo), hi)
-        if not free_of_concavity(pd):
-            # Non-positive curvature (possible with the exact Hessian): the minimum of a
-            # concave 1-D quadratic over a finite box is at the better bound, so the control
-            # is clamped there and the step is still well defined.
-            better_lo = (0.5 * h * lo + qu) * lo <= (0.5 * h * hi + qu) * hi
-            k = torch.where(pd, k, torch.where(better_lo, lo, hi))
-            pd = pd | both
-    elif free is not None:
-        fr = free & pd
-        k = k * fr
-    else:
-        fr = pd
-    return k, fr, pd, fr / hs
+    pos = h > 0
+    hs = torch.where(pos, h, 1.0)
+    fr = pos if free is None else free & pos
+    pd = pos if free is None else pos | ~free
+    piv = Quu if free is None else torch.where(free, Quu, torch.inf)
+    return -qu / hs * fr, fr, pd, fr / hs, piv
 
 
-def _riccati_scalar(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
-    """:func:`lqr_backward` for ``m = 1``: scalar ``Quu``, closed-form clamping, no LAPACK,
-    and as few tensor operations per step as possible (Python overhead dominates the time of
-    these tiny problems).
+def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam) -> LQRGains:
+    """Fast path of :func:`lqr_backward` for ``m = 1``: scalar ``Quu``, no LAPACK, and as few
+    tensor operations per step as possible (Python overhead dominates these tiny problems).
 
-    With ``s = [free] / (Quu + mu)``, ``K = -s Qux`` and ``k = clamp(-qu / (Quu + mu))``:
+    With ``s = [free] / (Quu + mu)``, ``K = -s Qux`` and ``k = -s qu``:
     ``V = Qxx + (s^2 Quu - 2 s) Qux^T Qux`` and ``v = qx + Qux^T (k - s (Quu k + qu))``.
     """
     B, T, n, _ = F.shape
-    dt = F.dtype
     V, v = CT, cT
     FT = F.transpose(-1, -2)
-    # per-step views, taken once: (lower, upper, both finite) and the free mask, (B, 1) each
-    bounds = ([(None, None, None)] * T if lower is None else
-              list(zip(lower.unbind(1), upper.unbind(1),
-                       (torch.isfinite(lower) & torch.isfinite(upper)).unbind(1), strict=True)))
-    free_t = [None] * T if free is None else free.unbind(1)
+    free_t = [None] * T if free is None else list(free.unbind(1))
+    bounds = None if at_lower is None else (at_lower.unbind(1), at_upper.unbind(1))
     mu_b = None if mu is None else mu[:, None]
-    scs, Quxs, ks, frees, Quus, qus, pds = ([None] * T for _ in range(7))
+    lam = cT
+    outs = [[None] * T for _ in range(8)]  # s, Qux, k, free, Quu, pd, pivot, gu
+    lams = [None] * T
     for t in range(T - 1, -1, -1):
         FtT = FT[:, t]
+        ct = c[:, t]
+        fr_in = free_t[t]
+        gu = None
+        if with_lam:
+            FtTlam = (FtT @ lam[..., None])[..., 0]  # (B, n+1): [F_x^T lam; F_u^T lam]
+            gu = ct[:, n:] + FtTlam[:, n:]
+            lams[t] = lam = ct[:, :n] + FtTlam[:, :n]
+            if bounds is not None:
+                held = _held(gu, bounds[0][t], bounds[1][t])
+                fr_in = ~held if fr_in is None else fr_in & ~held
         Q = C[:, t] + FtT @ (V @ F[:, t])
         vv = v if f is None else v + (V @ f[:, t, :, None])[..., 0]
-        q = c[:, t] + (FtT @ vv[..., None])[..., 0]
+        q = ct + (FtT @ vv[..., None])[..., 0]
         Qux = Q[:, n:, :n]  # (B, 1, n)
         Quu, qu = Q[:, n:, n], q[:, n:]  # (B, 1)
-        k, fr, pd, sc = _scalar_control(Quu, qu, mu_b, *bounds[t], free_t[t])  # (B, 1) each
+        k, fr, pd, sc, piv = _scalar_control(Quu, qu, mu_b, fr_in)  # (B, 1) each
         V = Q[:, :n, :n] + ((sc * (sc * Quu - 2))[..., None] * Qux.transpose(-1, -2)) @ Qux
         v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
         # per-step outputs are combined after the loop (fewer small ops per step)
-        scs[t], Quxs[t], ks[t], frees[t], Quus[t], qus[t], pds[t] = sc, Qux, k, fr, Quu, qu, pd
-    k = torch.stack(ks, 1)
-    qu, Quu = torch.stack(qus, 1), torch.stack(Quus, 1)
-    dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
-    K = -torch.stack(scs, 1)[..., None] * torch.stack(Quxs, 1)
-    ok = torch.stack(pds, 1).all(1)[:, 0]
-    return LQRGains(K, k, torch.stack(frees, 1), dV, ok)
+        for lst, val in zip(outs, (sc, Qux, k, fr_in, Quu, pd, piv, gu), strict=True):
+            lst[t] = val
+    sc, Qux, k, fr, Quu, pd, piv, gu = outs
+    K = -torch.stack(sc, 1)[..., None] * torch.stack(Qux, 1)
+    fr = torch.ones(B, T, 1, dtype=torch.bool, device=F.device) if fr[0] is None else \
+        torch.stack(fr, 1)
+    return LQRGains(K, torch.stack(k, 1), fr, torch.stack(pd, 1).all(1)[:, 0],
+                    torch.stack(piv, 1).amin((1, 2)), torch.stack(Quu, 1)[..., None],
+                    torch.stack([*lams, cT], 1) if with_lam else None,
+                    torch.stack(gu, 1) if with_lam else None)
 
 
 #: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
 BATCH_LAST_MIN_B = 64
 
 
-def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQRGains:
-    """:func:`_riccati_scalar` with the batch as the last, contiguous dimension.
+def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
+                               with_lam) -> LQRGains:
+    """Fast path: :func:`_riccati_scalar` with the batch as the last, contiguous dimension.
 
     On CPU, ``torch.bmm`` multiplies a batch of tiny matrices one GEMM call at a time (~0.3 us
     each: 65 us for 256 products of 5x5 by 5x6), while the same product written as a broadcast
@@ -261,7 +265,6 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQ
     and results as :func:`_riccati_scalar` up to rounding.
     """
     B, T, n, nz = F.shape
-    dt = F.dtype
     Fl = F.permute(1, 2, 3, 0).contiguous()  # (T, n, nz, B)
     FTl = Fl.transpose(1, 2)  # (T, nz, n, B)
     Cl = C.permute(1, 2, 3, 0).contiguous()  # (T, nz, nz, B)
@@ -269,37 +272,39 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, lower, upper, free) -> LQ
     fl = None if f is None else f.permute(1, 2, 0).contiguous()  # (T, n, B)
     V = CT.permute(1, 2, 0).contiguous()  # (n, n, B)
     v = cT.t().contiguous()  # (n, B)
-    if lower is None:
-        bounds = [(None, None, None)] * T
-    else:
-        lo_l, hi_l = lower[..., 0].t().contiguous(), upper[..., 0].t().contiguous()  # (T, B)
-        bounds = list(zip(lo_l, hi_l, torch.isfinite(lo_l) & torch.isfinite(hi_l), strict=True))
+    lam = v
     free_t = [None] * T if free is None else free[..., 0].t()
-    Ks, ks, frees, Quus, qus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
-    ok = torch.ones(B, dtype=torch.bool, device=F.device)
+    bounds = None if at_lower is None else (at_lower[..., 0].t(), at_upper[..., 0].t())
+    outs = [[None] * T for _ in range(8)]  # K, k, free, Quu, pd, pivot, gu, lam
     for t in range(T - 1, -1, -1):
         Ft = Fl[t]
+        fr_in = free_t[t]
+        gu = None
+        if with_lam:
+            FtTlam = (Ft * lam[:, None]).sum(0)  # (nz, B)
+            gu = cl[t, n] + FtTlam[n]
+            lam = cl[t, :n] + FtTlam[:n]
+            if bounds is not None:
+                held = _held(gu, bounds[0][t], bounds[1][t])
+                fr_in = ~held if fr_in is None else fr_in & ~held
         vv = v if fl is None else v + (V * fl[t][None]).sum(1)
         VF = (V[:, :, None] * Ft[None]).sum(1)  # (n, nz, B)
         Q = Cl[t] + (FTl[t][:, :, None] * VF[None]).sum(1)  # (nz, nz, B)
         q = cl[t] + (Ft * vv[:, None]).sum(0)  # (nz, B)
         Qux, Quu, qu = Q[n, :n], Q[n, n], q[n]  # (n, B), (B,), (B,)
-        k, fr, pd, sc = _scalar_control(Quu, qu, mu, *bounds[t], free_t[t])  # (B,) each
-        ok = ok & pd
+        k, fr, pd, sc, piv = _scalar_control(Quu, qu, mu, fr_in)  # (B,) each
         V = Q[:n, :n] + (sc * (sc * Quu - 2)) * Qux[:, None] * Qux[None, :]
         v = q[:n] + Qux * (k - sc * (Quu * k + qu))
-        Ks[t], ks[t], frees[t], Quus[t], qus[t] = -sc * Qux, k, fr, Quu, qu
-    k = torch.stack(ks, 1)[..., None]  # (B, T, 1)
-    qu, Quu = torch.stack(qus, 1)[..., None], torch.stack(Quus, 1)[..., None]
-    dV = torch.stack([(k * qu).sum((1, 2)), 0.5 * (k * k * Quu).sum((1, 2))], -1).to(dt)
-    K = torch.stack(Ks, 0).permute(2, 0, 1)[:, :, None, :]  # (B, T, 1, n)
-    return LQRGains(K, k, torch.stack(frees, 1)[..., None], dV, ok)
-
-
-def free_of_concavity(pd: Tensor) -> bool:
-    """Whether every ``Quu`` is positive (CPU: a free check; on an accelerator assume not, so
-    the concave branch runs without a host synchronisation)."""
-    return pd.device.type == "cpu" and bool(pd.all())
+        for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu, lam), strict=True):
+            lst[t] = val
+    K, k, fr, Quu, pd, piv, gu, lams = outs
+    K = torch.stack(K, 0).permute(2, 0, 1)[:, :, None, :]  # (B, T, 1, n)
+    fr = torch.ones(B, T, 1, dtype=torch.bool, device=F.device) if fr[0] is None else \
+        torch.stack(fr, 1)[..., None]
+    return LQRGains(K, torch.stack(k, 1)[..., None], fr, torch.stack(pd, 1).all(1),
+                    torch.stack(piv, 1).amin(1), torch.stack(Quu, 1)[..., None, None],
+                    torch.stack([*lams, cT.t()], 0).permute(2, 0, 1) if with_lam else None,
+                    torch.stack(gu, 1)[..., None] if with_lam else None)
 
 
 def lqr_rollout(F: Tensor, K: Tensor, k: Tensor, x0: Tensor, f: Tensor | None = None

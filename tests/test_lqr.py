@@ -1,7 +1,5 @@
 """The batched LQR against an independent dense KKT solve; the box QP against brute force."""
 
-import itertools
-
 import pytest
 import torch
 
@@ -104,70 +102,54 @@ def test_masked_lqr_matches_dense_kkt_with_fixed_controls(m):
         torch.testing.assert_close(x[b], xr, rtol=1e-9, atol=1e-9)
 
 
-def brute_force_box_qp(H, g, lo, hi):
-    """Enumerate every assignment of each coordinate to {lower, free, upper}."""
-    m = g.shape[0]
-    best, best_x = None, None
-    for assign in itertools.product((-1, 0, 1), repeat=m):
-        x = torch.zeros(m, dtype=F64)
-        fr = [i for i, a in enumerate(assign) if a == 0]
-        for i, a in enumerate(assign):
-            x[i] = lo[i] if a == -1 else hi[i] if a == 1 else 0.0
-        if fr:
-            fi = torch.tensor(fr)
-            cl = torch.tensor([i for i in range(m) if i not in fr], dtype=torch.long)
-            rhs = -g[fi] - (H[fi][:, cl] @ x[cl] if len(cl) else 0.0)
-            x[fi] = torch.linalg.solve(H[fi][:, fi], rhs)
-        if (x < lo - 1e-12).any() or (x > hi + 1e-12).any():
-            continue
-        val = 0.5 * x @ H @ x + g @ x
-        if best is None or val < best:
-            best, best_x = val, x
-    return best_x
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_box_qp_matches_brute_force(m):
+@pytest.mark.parametrize("m,B", [(1, 8), (1, 80), (3, 8)])
+def test_projected_pass_holds_exactly_the_outward_pushed_bound_controls(m, B):
+    """With ``at_lower``/``at_upper`` the pass runs the costate recursion in its own loop and
+    holds the controls on a bound whose true gradient pushes outward: the same gains as a
+    pass given that held set explicitly, and the costates of the linearization. (B = 80 runs
+    the batch-last m = 1 fast path.)"""
+    n, T = 3, 6
+    F, f, C, c, CT, cT, x0 = random_lqr(B, T, n, m, seed=21 + m)
     gen = torch.Generator().manual_seed(m)
-    B = 64
-    R = torch.randn(B, m, m, generator=gen, dtype=F64)
-    H = R @ R.transpose(-1, -2) + 0.2 * torch.eye(m, dtype=F64)
-    g = 3 * torch.randn(B, m, generator=gen, dtype=F64)
-    lo = -torch.rand(B, m, generator=gen, dtype=F64)
-    hi = torch.rand(B, m, generator=gen, dtype=F64)
-    x, free, ok = dl.box_qp(H, g, lo, hi, iters=50)
-    assert ok.all()
-    n_active = 0
+    at_lo = torch.rand(B, T, m, generator=gen) < 0.3
+    at_hi = ~at_lo & (torch.rand(B, T, m, generator=gen) < 0.3)
+    mu = 0.1 * torch.rand(B, dtype=F64, generator=gen)
+    g = dl.lqr_backward(F, C, c, CT, cT, mu=mu, at_lower=at_lo, at_upper=at_hi)
+    lam = costates(F, c, cT)
+    gu = c[..., n:] + (F[..., n:].transpose(-1, -2) @ lam[:, 1:, :, None])[..., 0]
+    held = (at_lo & (gu > 0)) | (at_hi & (gu < 0))
+    assert held.any() and (~held & (at_lo | at_hi)).any()  # both cases occur
+    ref = dl.lqr_backward(F, C, c, CT, cT, mu=mu, free=~held)
+    assert torch.equal(g.free, ~held)
+    torch.testing.assert_close(g.lam, lam, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g.gu, gu, rtol=1e-12, atol=1e-12)
+    for name in ("K", "k", "pivot"):
+        torch.testing.assert_close(getattr(g, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+    assert (g.k[held] == 0).all() and (g.K[held] == 0).all()
+
+
+def test_pivot_is_the_smallest_eigenvalue_sign_of_the_reduced_hessian():
+    """``pivot > 0`` exactly when the reduced Hessian over the free controls (the dense
+    Hessian of the LQR's cost as a function of the controls) is positive definite."""
+    n, T, m, B = 2, 4, 2, 24
+    F, f, C, c, CT, cT, x0 = random_lqr(B, T, n, m, seed=3)
+    C = C.clone()
+    C[::2, :, n:, n:] -= 3.0 * torch.eye(m, dtype=F64)  # indefinite for half the samples
+    free = torch.rand(B, T, m, generator=torch.Generator().manual_seed(0)) > 0.3
+    g = dl.lqr_backward(F, C, c, CT, cT, free=free)
     for b in range(B):
-        xr = brute_force_box_qp(H[b], g[b], lo[b], hi[b])
-        torch.testing.assert_close(x[b], xr, rtol=1e-8, atol=1e-9)
-        at = (xr <= lo[b] + 1e-12) | (xr >= hi[b] - 1e-12)
-        n_active += int(at.sum())
-        assert torch.equal(~free[b], at)
-    assert n_active > 0  # the test exercises active bounds
-
-
-def test_boxed_riccati_m1_closed_form_matches_box_qp():
-    """For m = 1 the Riccati pass clamps in closed form; the general box QP agrees."""
-    n, T, m = 3, 4, 1
-    F, f, C, c, CT, cT, x0 = random_lqr(16, T, n, m, seed=5)
-    c = 5 * c
-    lo = -0.3 * torch.ones(16, T, m, dtype=F64)
-    hi = 0.3 * torch.ones(16, T, m, dtype=F64)
-    g1 = dl.lqr_backward(F, C, c, CT, cT, lower=lo, upper=hi)
-    # the same problem with a padded second control that has a huge weight reduces to m = 1
-    F2 = torch.cat([F, torch.zeros(16, T, n, 1, dtype=F64)], -1)
-    C2 = torch.zeros(16, T, n + 2, n + 2, dtype=F64)
-    C2[..., : n + 1, : n + 1] = C
-    C2[..., -1, -1] = 1.0
-    c2 = torch.cat([c, torch.zeros(16, T, 1, dtype=F64)], -1)
-    lo2 = torch.cat([lo, lo], -1)
-    hi2 = torch.cat([hi, hi], -1)
-    g2 = dl.lqr_backward(F2, C2, c2, CT, cT, lower=lo2, upper=hi2, boxqp_iters=50)
-    torch.testing.assert_close(g2.k[..., 0], g1.k[..., 0], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(g2.K[..., 0, :], g1.K[..., 0, :], rtol=1e-9, atol=1e-10)
-    assert (~g1.free).any() and g1.free.any()
-    assert torch.equal(g2.free[..., 0], g1.free[..., 0])
+        def J(uf, b=b):
+            u = torch.zeros(T * m, dtype=F64).masked_scatter(free[b].reshape(-1), uf)
+            x = torch.zeros(n, dtype=F64)
+            tot = 0.0
+            for t in range(T):
+                z = torch.cat([x, u[t * m:(t + 1) * m]])
+                tot = tot + 0.5 * z @ C[b, t] @ z
+                x = F[b, t] @ z
+            return tot + 0.5 * x @ CT[b] @ x
+        H = torch.autograd.functional.hessian(J, torch.zeros(int(free[b].sum()), dtype=F64))
+        lmin = torch.linalg.eigvalsh(H).min()
+        assert bool(g.pivot[b] > 0) == bool(lmin > 0), (b, g.pivot[b], lmin)
 
 
 def test_ilqr_on_linear_problem_is_the_constrained_optimum():
@@ -224,17 +206,16 @@ def test_scalar_riccati_batch_last_layout_matches():
         torch.testing.assert_close(um[b], ur, rtol=1e-9, atol=1e-9)
     Cc = C.clone()
     Cc[: B // 4, :, n, n] -= 50.0  # concave in u for a quarter of the samples
-    lo = -0.3 * torch.ones(B, T, 1, dtype=F64)
-    hi = 0.3 * torch.ones(B, T, 1, dtype=F64)
-    hi[::5] = float("inf")
+    at_lo = torch.rand(B, T, 1, generator=torch.Generator().manual_seed(5)) < 0.3
+    at_hi = ~at_lo & (torch.rand(B, T, 1, generator=torch.Generator().manual_seed(6)) < 0.3)
     mu = torch.rand(B, dtype=F64, generator=torch.Generator().manual_seed(4))
-    for kw in ({"lower": lo, "upper": hi, "mu": mu, "f": f}, {"free": free, "f": f},
-               {"mu": mu}):
-        a = lqr._riccati_scalar(F, Cc, 5 * c, CT, cT, kw.get("f"), kw.get("mu"), kw.get("lower"),
-                                kw.get("upper"), kw.get("free"))
+    for kw in ({"at_lower": at_lo, "at_upper": at_hi, "mu": mu}, {"free": free, "f": f},
+               {"mu": mu, "costates": True}):
+        a = lqr._riccati_scalar(F, Cc, 5 * c, CT, cT, kw.get("f"), kw.get("mu"), kw.get("free"),
+                                kw.get("at_lower"), kw.get("at_upper"),
+                                "at_lower" in kw or "costates" in kw)
         b = dl.lqr_backward(F, Cc, 5 * c, CT, cT, **kw)
-        for name in ("K", "k", "dV"):
-            # (a concave sample with an infinite bound is unbounded: NaN in both, ok False)
+        for name in ("K", "k", "pivot", "Quu", "lam", "gu"):
             torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-12,
                                        atol=1e-12, equal_nan=True)
         assert torch.equal(b.free, a.free) and torch.equal(b.ok, a.ok)
