@@ -22,7 +22,9 @@ def _make(env_id: str, **kw):
 
 # ------------------------------------------------------------------ item 7
 @pytest.mark.parametrize("env_id", ["dilqr_rl/MujocoPendulum-v0", "dilqr_rl/MujocoCartPole-v0"])
-def test_mujoco_instability_raises_instead_of_auto_reset(env_id: str) -> None:
+def test_mujoco_instability_raises_instead_of_auto_reset(env_id: str, tmp_path,
+                                                         monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs its warnings to ./MUJOCO_LOG.TXT
     # RK4 integrates the damping explicitly: unstable at dt / n_substeps = 5 ms
     env = _make(env_id, damping=1e6, integrator="RK4")
     env.reset(seed=0)
