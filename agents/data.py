@@ -54,6 +54,8 @@ __all__ = ["ENVS", "EnvSpec", "ExpertData", "env_spec", "make_expert_data", "sam
 
 ENVS = ("pendulum", "cartpole", "rocket")
 F64 = torch.float64
+_ARRAYS = ("x", "u", "theta", "weights", "goal")
+_META = ("env", "n_train", "n_val", "n_test", "seed", "config")
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,63 @@ class ExpertData:
     seed: int
     config: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field against the environment's spec; a ``ValueError`` names the first
+        field that is wrong (what a file from elsewhere, or an edit, can get wrong: split sizes
+        that do not add up to the trajectories, wrong state / control / horizon shapes,
+        non-float64 or non-finite arrays, a ``config`` that is not a dict)."""
+        if self.env not in ENVS:
+            raise ValueError(f"expert data field 'env' must be one of {ENVS}, got {self.env!r}")
+        for k in ("n_train", "n_val", "n_test", "seed"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or (k != "seed" and v < 0):
+                raise ValueError(f"expert data field {k!r} must be an int"
+                                 f"{'' if k == 'seed' else ' >= 0'}, got {v!r}")
+        if not isinstance(self.config, dict):
+            raise ValueError(f"expert data field 'config' must be a dict, got "
+                             f"{type(self.config).__name__}: {self.config!r}")
+        u_bound = self.config.get("u_bound")
+        if u_bound is not None and (isinstance(u_bound, bool)
+                                    or not isinstance(u_bound, (int, float))
+                                    or not math.isfinite(u_bound) or u_bound <= 0):
+            raise ValueError(f"expert data field config['u_bound'] must be a finite number > 0, "
+                             f"got {u_bound!r}")
+        spec = env_spec(self.env)
+        T, n, m, p = spec.horizon, spec.n_state, spec.n_ctrl, len(spec.theta)
+        for k in ("x", "u", "theta", "weights", "goal"):
+            v = getattr(self, k)
+            if not isinstance(v, Tensor):
+                raise ValueError(f"expert data field {k!r} must be a tensor, got "
+                                 f"{type(v).__name__}")
+            if v.dtype != F64:
+                raise ValueError(f"expert data field {k!r} must be float64, got {v.dtype}")
+        N = self.x.shape[0] if self.x.dim() == 3 else -1
+        if self.x.dim() != 3 or tuple(self.x.shape[1:]) != (T + 1, n):
+            what = (f"; its horizon is {self.x.shape[1] - 1}, the {self.env} learners use "
+                    f"{T}" if self.x.dim() == 3 and self.x.shape[1] != T + 1 else "")
+            raise ValueError(f"expert data field 'x' must have shape (N, T+1, n) = (N, {T + 1}, "
+                             f"{n}) for {self.env}, got {tuple(self.x.shape)}{what}")
+        if tuple(self.u.shape) != (N, T, m):
+            raise ValueError(f"expert data field 'u' must have shape (N, T, m) = ({N}, {T}, {m}) "
+                             f"for {self.env} (N from 'x'), got {tuple(self.u.shape)}")
+        for k, shape in (("theta", (p,)), ("weights", (n + m,)), ("goal", (n + m,))):
+            if tuple(getattr(self, k).shape) != shape:
+                raise ValueError(f"expert data field {k!r} must have shape {shape} for "
+                                 f"{self.env}, got {tuple(getattr(self, k).shape)}")
+        for k in ("x", "u", "theta", "weights", "goal"):
+            bad = int((~torch.isfinite(getattr(self, k))).sum())
+            if bad:
+                raise ValueError(f"expert data field {k!r} has {bad} non-finite value(s) (NaN "
+                                 "or inf)")
+        total = self.n_train + self.n_val + self.n_test
+        if total != N:
+            raise ValueError(f"expert data fields n_train + n_val + n_test = {self.n_train} + "
+                             f"{self.n_val} + {self.n_test} = {total}, but the data holds {N} "
+                             "trajectories")
+
     def split(self, name: str, n: int | None = None) -> tuple[Tensor, Tensor]:
         """``(x (N_s, T+1, n), u (N_s, T, m))`` of split ``"train"``, ``"val"`` or ``"test"``;
         ``n`` keeps the first ``n`` rows (training-set size)."""
@@ -183,7 +242,8 @@ class ExpertData:
         size = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[name]
         if n is not None:
             if n > size:
-                raise ValueError(f"asked for {n} {name} trajectories, the data has {size}")
+                raise ValueError(f"asked for {n} {name} trajectories (n_{name}), the data has "
+                                 f"{size}")
             size = n
         return self.x[a:a + size], self.u[a:a + size]
 
@@ -208,13 +268,33 @@ class ExpertData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExpertData:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`; a ``ValueError`` names a missing or invalid
+        field (see :meth:`validate`)."""
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: torch.from_numpy(z[k].copy()) for k in
-                      ("x", "u", "theta", "weights", "goal")}
-        return cls(env=meta["env"], n_train=meta["n_train"], n_val=meta["n_val"],
-                   n_test=meta["n_test"], seed=meta["seed"], config=meta["config"], **arrays)
+            missing = [k for k in ("meta", *_ARRAYS) if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: expert data field(s) {missing} missing")
+            try:
+                meta = json.loads(str(z["meta"]))
+            except ValueError as e:
+                raise ValueError(f"{path}: expert data field 'meta' is not JSON: {e}") from None
+            arrays = {}
+            for k in _ARRAYS:
+                a = z[k]
+                if a.dtype.kind not in "fiub":
+                    raise ValueError(f"{path}: expert data field {k!r} must be a float64 array, "
+                                     f"got dtype {a.dtype}")
+                arrays[k] = torch.from_numpy(a.copy())
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: expert data field 'meta' must be a JSON object, got "
+                             f"{type(meta).__name__}")
+        missing = [k for k in _META if k not in meta]
+        if missing:
+            raise ValueError(f"{path}: expert data field(s) {missing} missing from 'meta'")
+        try:
+            return cls(**{k: meta[k] for k in _META}, **arrays)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def make_expert_data(env: str, n_train: int = 100, n_val: int = 10, n_test: int = 10,

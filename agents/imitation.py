@@ -61,8 +61,8 @@ import dilqr_rl as dl
 from .baselines import LSTMPolicy, MLPPolicy, sysid_loss
 from .data import ENVS, EnvSpec, ExpertData, env_spec, make_expert_data
 
-__all__ = ["LEARNERS", "Args", "train", "make_learner", "main_imitate", "main_study",
-           "imitation_loss", "plot_run"]
+__all__ = ["LEARNERS", "Args", "check_args", "train", "make_learner", "main_imitate",
+           "main_study", "imitation_loss", "plot_run"]
 
 LEARNERS = ("dilqr.dx", "dilqr.cost", "diffmpc.dx", "diffmpc.cost", "unroll.dx", "sysid",
             "nn", "mlp")
@@ -350,6 +350,7 @@ def train(args: Args, data: ExpertData | None = None) -> dict[str, Any]:
             seed = args.seed if args.data_seed is None else args.data_seed
             data = make_expert_data(args.env, max(args.n_train, 1), args.n_val, args.n_test,
                                     seed=seed, u_bound=args.u_bound)
+    data.validate()  # fields may have been changed since it was made or loaded
     if data.env != args.env:
         raise ValueError(f"data is for {data.env!r}, args.env is {args.env!r}")
     if float(data.config.get("u_bound", spec.u_bound)) != spec.u_bound:
@@ -500,6 +501,45 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
     return path
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_fields(obj: Any, min_int: dict[str, int], positive: tuple[str, ...] = (),
+                 nonneg: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming the flag of the first field out of range: ints ``>=`` their
+    minimum (``None`` allowed where the default is ``None``), floats finite and ``> 0``
+    (``positive``) or ``>= 0`` (``nonneg``)."""
+    for k, lo in min_int.items():
+        v = getattr(obj, k)
+        if v is None and getattr(type(obj), k, 0) is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{_flag(k)} must be an integer >= {lo}, got {v!r}")
+    for k in (*positive, *nonneg):
+        v = getattr(obj, k)
+        if v is None and getattr(type(obj), k, 0) is None:
+            continue
+        ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+              and (v > 0 if k in positive else v >= 0))
+        if not ok:
+            raise ValueError(f"{_flag(k)} must be a finite number "
+                             f"{'> 0' if k in positive else '>= 0'}, got {v!r}")
+
+
+def check_args(args: Args) -> None:
+    """``ValueError`` naming the flag of the first bad setting of ``dilqr-rl imitate``."""
+    if args.env not in ENVS:
+        raise ValueError(f"--env must be one of {ENVS}, got {args.env!r}")
+    if args.learner not in LEARNERS:
+        raise ValueError(f"--learner must be one of {LEARNERS}, got {args.learner!r}")
+    check_fields(args, {"n_train": 1, "n_val": 1, "n_test": 1, "epochs": 1, "batch_size": 1,
+                        "seed": 0, "data_seed": 0, "alternate_every": 1, "max_iter": 1,
+                        "restart_warmstart_every": 0, "eval_every": 1},
+                 positive=("u_bound", "lr", "lr_final", "nn_lr"),
+                 nonneg=("rmsprop_alpha", "tol"))
+
+
 def _parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser from a dataclass (``--field value``; booleans as ``--[no-]field``)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -562,16 +602,28 @@ def main_imitate(argv: list[str]) -> int:
     if mode is not None:
         ns["learner"] = f"{method}.{mode}"
     args = Args(**ns)
-    if args.env not in ENVS:
-        p.error(f"--env must be one of {ENVS}")
-    if args.learner not in LEARNERS:
-        p.error(f"--learner must be one of {LEARNERS}")
+    try:
+        check_args(args)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    data = make_expert_data(args.env, args.n_train, args.n_val, args.n_test,
-                            seed=args.seed if args.data_seed is None else args.data_seed,
-                            u_bound=args.u_bound) \
-        if not args.data else ExpertData.load(args.data)
+    if args.data:
+        try:
+            data = ExpertData.load(args.data)
+        except (OSError, ValueError) as e:
+            p.error(f"--data {args.data}: {e}")
+        if data.env != args.env:
+            p.error(f"--data holds {data.env!r} trajectories, --env is {args.env!r}")
+        if args.n_train > data.n_train:
+            p.error(f"--n-train {args.n_train}: --data has {data.n_train} training trajectories")
+        if float(data.config.get("u_bound", args.u_bound)) != args.u_bound:
+            p.error(f"--u-bound {args.u_bound:g}: --data was made with |u| <= "
+                    f"{data.config['u_bound']:g}; pass the same --u-bound")
+    else:
+        data = make_expert_data(args.env, args.n_train, args.n_val, args.n_test,
+                                seed=args.seed if args.data_seed is None else args.data_seed,
+                                u_bound=args.u_bound)
     out = Path(args.out)
     data_path = data.save(out / f"expert_{args.env}_seed{data.seed}.npz")
     print(f"expert data: {data.x.shape[0]} trajectories ({args.n_train} train) "

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import make_expert_data
-from .imitation import Args, _parser, train
+from .data import ENVS, make_expert_data
+from .imitation import LEARNERS, Args, _parser, check_fields, train
 
-__all__ = ["StudyArgs", "run_study", "summarize", "main"]
+__all__ = ["StudyArgs", "check_study_args", "run_study", "summarize", "main"]
 
 
 @dataclass
@@ -65,6 +65,25 @@ class StudyArgs:
     """progress bars"""
     workers: int = 1
     """parallel processes (each single-threaded); the machine is shared, so 1 by default"""
+
+
+def check_study_args(sa: StudyArgs) -> None:
+    """``ValueError`` naming the flag of the first bad setting of ``dilqr-rl study``."""
+    envs, learners = _split(sa.envs), _split(sa.learners)
+    if not envs or any(e not in ENVS for e in envs):
+        raise ValueError(f"--envs must be a comma-separated list of {ENVS}, got {sa.envs!r}")
+    if not learners or any(ln not in LEARNERS for ln in learners):
+        raise ValueError(f"--learners must be a comma-separated list of {LEARNERS}, got "
+                         f"{sa.learners!r}")
+    try:
+        sizes = _split(sa.n_train, int)
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--n-train must be a comma-separated list of integers >= 1, got "
+                         f"{sa.n_train!r}")
+    check_fields(sa, {"seeds": 1, "epochs": 1, "eval_every": 1, "max_iter": 1, "workers": 1},
+                 positive=("lr", "nn_lr"))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -284,6 +303,10 @@ def main(argv: list[str]) -> int:
     p = _parser(StudyArgs, "dilqr-rl study imitation",
                 "The DiLQR paper's imitation comparison, mean ± std over seeds.")
     sa = StudyArgs(**vars(p.parse_args(argv)))
+    try:
+        check_study_args(sa)
+    except ValueError as e:
+        p.error(str(e))
     result = run_study(sa)
     out = Path(sa.out)
     command = "dilqr-rl study imitation " + " ".join(argv)

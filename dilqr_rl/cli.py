@@ -20,6 +20,10 @@ def demo(batch: int = 8, horizon: int = 20, seed: int = 0) -> int:
     """Pendulum swing-ups in one batched solve, then a gradient check. Returns an exit code."""
     import dilqr_rl as dl
 
+    for name, v in (("batch", batch), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
     torch.set_num_threads(1)  # tiny batched problems: one thread is ~100x faster here
     dt = torch.float64
     gen = torch.Generator().manual_seed(seed)
@@ -106,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--horizon", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    for flag in ("batch", "horizon"):
+        if getattr(args, flag, 1) < 1:
+            p.error(f"--{flag} must be an integer >= 1, got {getattr(args, flag)}")
     if args.command in (None, "demo"):
         return demo(getattr(args, "batch", 8), getattr(args, "horizon", 20),
                     getattr(args, "seed", 0))

@@ -39,6 +39,11 @@ per-observation cost parameters (weights multiplied by ``exp(out)``, other param
 ``out``; the last layer starts at zero, so the initial controller is the task cost's). Combine
 with ``+``, e.g. ``"dynamics+cost_net"``.
 
+**Observations to states.** ``obs_to_state`` (default: the observation is the state) is a
+callable or a name registered with :func:`register_obs_to_state`; a saved model stores the
+name and the function is looked up in :data:`OBS_TO_STATE` when the model is loaded (register
+it first). A model file cannot name a module to import.
+
 **Precision.** Observations are float32; the controller solves in float64 (default) because the
 implicit gradient is only as good as the fixed point, and iLQR's line search stalls at float32
 rounding (DESIGN.md "Convergence precision"). The observation is cast to the solve dtype and the
@@ -100,9 +105,9 @@ import dilqr_rl as dl
 __all__ = [
     "DiLQRActor", "DiLQRActorCriticPolicy", "DiLQRLoggingCallback", "DiLQRSACActor",
     "DiLQRSACPolicy", "DiLQRTD3Actor", "DiLQRTD3Policy", "LEARN_OPTIONS", "ScaledAdam",
-    "SystemIdCallback",
+    "OBS_TO_STATE", "SystemIdCallback",
     "build_controller", "configure_threads", "controller_spec", "dilqr_actor", "env_class",
-    "physical_params",
+    "physical_params", "register_obs_to_state",
 ]
 
 LEARN_OPTIONS = ("dynamics", "cost", "cost_net")
@@ -210,11 +215,40 @@ def _parse_learn(learn: str) -> set[str]:
     return parts
 
 
-def _import_callable(path: str) -> Callable[[Tensor], Tensor]:
-    module, _, name = path.partition(":")
-    if not name:
-        raise ValueError(f"obs_to_state must be 'module:function', got {path!r}")
-    return getattr(importlib.import_module(module), name)
+#: ``obs_to_state`` functions by name (:func:`register_obs_to_state`): the only ones a policy
+#: or a saved model can name
+OBS_TO_STATE: dict[str, Callable[[Tensor], Tensor]] = {}
+
+
+def register_obs_to_state(name: str, fn: Callable[[Tensor], Tensor]) -> None:
+    """Allow ``obs_to_state=name``: policies (and models loaded with ``PPO.load`` & co.,
+    which store the name) map observations to states with ``fn``, ``(B, obs_dim) -> (B, n)``.
+
+    Register before loading a model saved with that name. Names are looked up here only; a
+    model file cannot make the policy import a module. (A callable passed directly is
+    pickled into the saved model by SB3; pass its registered name instead.)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"obs_to_state name must be a non-empty str, got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"obs_to_state function for {name!r} must be callable, got {fn!r}")
+    OBS_TO_STATE[name] = fn
+
+
+def _resolve_obs_to_state(v: Any) -> Callable[[Tensor], Tensor] | None:
+    """``None``, a callable, or a registered name -> the callable (never imports)."""
+    if v is None or callable(v):
+        return v
+    if isinstance(v, str):
+        fn = OBS_TO_STATE.get(v)
+        if fn is None:
+            raise ValueError(
+                f"obs_to_state {v!r} is not a registered name (registered: "
+                f"{sorted(OBS_TO_STATE)}); call dilqr_rl.sb3.register_obs_to_state({v!r}, fn) "
+                "first (also before loading a saved model), or pass the callable. Module paths "
+                "are not imported: a model file must not choose code to run")
+        return fn
+    raise ValueError(f"obs_to_state must be None, a callable or a registered name, got {v!r}")
 
 
 class DiLQRActor(nn.Module):
@@ -225,8 +259,8 @@ class DiLQRActor(nn.Module):
     :param action_space: the env's ``Box``; ``unit=True`` maps to ``[-1, 1]`` instead (SAC/TD3)
     :param learn: ``"dynamics"``, ``"cost"``, ``"both"``, ``"cost_net"`` or a ``+`` combination
     :param cost_net_arch: hidden sizes of the ``cost_net``
-    :param obs_to_state: ``None`` (identity), a callable ``(B, obs_dim) -> (B, n)`` or
-        ``"module:function"``
+    :param obs_to_state: ``None`` (identity), a callable ``(B, obs_dim) -> (B, n)`` or the
+        name it was registered under (:func:`register_obs_to_state`)
     :param plan_cache: number of rollout plans kept for training-time warm starts (0: off)
     :param warm_tol: keep a sequential warm start when ``|x0 - x1_pred|_inf <= warm_tol (1 +
         |x1_pred|_inf)``
@@ -245,8 +279,7 @@ class DiLQRActor(nn.Module):
         for p in cost.parameters():
             p.requires_grad_("cost" in self.learn)
         self.dtype = next(dyn.parameters()).dtype
-        self.obs_to_state = _import_callable(obs_to_state) if isinstance(obs_to_state, str) \
-            else obs_to_state
+        self.obs_to_state = _resolve_obs_to_state(obs_to_state)
         n, m = self.ctrl.n_state, self.ctrl.n_ctrl
         self.cost_net: nn.Module | None = None
         self._cost_shapes = cost.param_shapes()
@@ -449,7 +482,8 @@ class DiLQRActorCriticPolicy(ActorCriticPolicy):
     :param learn: what the actor learns: ``"dynamics"``, ``"cost"``, ``"both"``,
         ``"cost_net"`` or a ``+`` combination
     :param cost_net_arch: hidden sizes of the cost network (``learn`` with ``cost_net``)
-    :param obs_to_state: ``None`` (identity), ``"module:function"`` or a callable
+    :param obs_to_state: ``None`` (identity), a registered name
+        (:func:`register_obs_to_state`) or a callable
     :param controller_lr_scale: the controller's parameters use ``lr * controller_lr_scale``
     :param plan_cache: rollout plans kept to warm-start training solves (0: off)
     :param log_std_init: initial ``log_std`` of the normalized action (default ``-1``)
@@ -498,6 +532,7 @@ def _init_dilqr(policy: Any, kwargs: dict[str, Any], controller: Mapping[str, An
     keywords as plain data (what ``_get_constructor_parameters`` saves) and Adam with a
     separate learning-rate factor for the controller's parameters."""
     _check_flatten(kwargs)
+    _resolve_obs_to_state(obs_to_state)  # a bad name fails here, before SB3 builds anything
     if kwargs.get("optimizer_class") in (None, torch.optim.Adam):
         kwargs["optimizer_class"] = ScaledAdam
         if adam_eps is not None:

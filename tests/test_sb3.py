@@ -258,7 +258,7 @@ def test_trainer_resume_and_curve(tmp_path) -> None:
         assert main_train([*argv, "--total-timesteps", "64"]) == 0
         run = tmp_path / args.name
         assert (run / "checkpoints" / "model_64_steps.zip").exists()
-        assert main_train([*argv, "--total-timesteps", "128"]) == 0  # resumes at 64
+        assert main_train([*argv, "--total-timesteps", "128", "--resume"]) == 0  # from 64
     recs = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
     assert [r["timesteps"] for r in recs] == [0, 64, 128]
     assert "g" in recs[-1]["params"]
