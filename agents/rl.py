@@ -582,7 +582,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
             model = cls.load(c["path"], env=env, device="cpu", **kw)
             if c["replay_buffer"] is not None:
                 model.load_replay_buffer(c["replay_buffer"])
-        except Exception as e:  # noqa: BLE001  (a corrupt zip/pickle raises anything)
+        except Exception as e:  # a corrupt zip or pickle raises anything
             warnings.warn(f"could not load checkpoint {c['path']} ({type(e).__name__}: {e}); "
                           "trying an older one", RuntimeWarning, stacklevel=2)
             model = None
@@ -594,7 +594,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         print(f"resuming {run_dir} from {ckpt['steps']} steps")
     else:
         if args.resume:
-            print(f"no checkpoint to resume in {run_dir}; starting from scratch")
+            print(f"no trusted checkpoint to resume in {run_dir} (only those listed with a "
+                  f"matching hash in checkpoints/{MANIFEST} are loaded); starting from scratch")
         model = make_model(args, env, tb_dir)
         # a fresh run: only checkpoints it writes itself count for a later --resume
         _write_manifest(run_dir, {"checkpoints": {}})
