@@ -204,6 +204,7 @@ class DiLQR(nn.Module):
         self._report(sol)
         return Solution(x=x, u=u, cost=self.cost.total(x, u, P), converged=sol.converged,
                         iterations=sol.iterations, free=sol.free, kkt=sol.kkt, pivot=sol.pivot,
+                        qp_iterations=sol.qp_iterations,
                         history=sol.history)
 
     def _report(self, sol: Solution) -> None:
