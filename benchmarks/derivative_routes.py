@@ -12,8 +12,9 @@ Routes:
 - ``rows``: ``dilqr_rl.dynamics.jacobian_rows`` / ``hessian_rows``, one batched reverse pass per
   output row over all pairs at once (``hessian_rows``: one gradient with graph, then one
   reverse pass per coordinate);
-- ``library``: ``Dynamics.jacobians`` / ``Dynamics.weighted_hessian`` as they are now (the
-  calls DiLQR makes; today they are ``rows`` through ``Dynamics.step``);
+- ``library``: ``Dynamics.jacobians`` / ``Dynamics.weighted_hessian`` as they are in the
+  measured code (the calls DiLQR's derivatives make with the given ``theta``; at the time of
+  writing they are ``rows`` through ``Dynamics.step``);
 - ``vmap_jacrev``, ``vmap_jacfwd``: ``torch.func.vmap(jacrev(f))`` / ``vmap(jacfwd(f))``;
 - Hessian: ``vmap_hessian`` (``torch.func.hessian`` = ``jacfwd(jacrev)``),
   ``vmap_jacrev_jacrev``, ``vmap_jacfwd_jacfwd``.
@@ -22,9 +23,10 @@ Each route runs with the parameters passed two ways:
 
 - ``shared``: one parameter vector ``theta (p,)``: ``Dynamics.step`` is a plain batched call
   of ``forward`` through ``torch.func.functional_call``;
-- ``per_sample``: ``theta (N, p)`` (what DiLQR passes: the layer expands the parameters to
-  ``(B, p)``, the linearization to ``(B*T, p)``): ``Dynamics.step`` then runs
-  ``vmap(functional_call)`` per sample; the ``torch.func`` routes vmap over ``(z, theta)``.
+- ``per_sample``: ``theta (N, p)`` (per-sample parameters ``(B, p)`` expanded to the
+  ``B*T`` pairs; before commit ac0bf6e DiLQR passed this even for shared parameters):
+  ``Dynamics.step`` then runs ``vmap(functional_call)`` per sample; the ``torch.func``
+  routes vmap over ``(z, theta)``.
 
 Also timed: the plain evaluation ``f(x, u)`` (module call, ``step`` shared, ``step``
 per-sample). Every route's result is checked against ``rows``/shared (max abs difference).
@@ -56,7 +58,7 @@ from torch.func import hessian, jacfwd, jacrev, vmap
 import dilqr_rl as dl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from general_models import LinearModel, code_version  # noqa: E402  (the user linear model)
+from general_models import LinearModel, code_version, finite_json  # noqa: E402
 
 try:  # the batched reverse-pass helpers (absent if the solver core drops them)
     from dilqr_rl.dynamics import hessian_rows, jacobian_rows
@@ -196,8 +198,8 @@ def main(argv=None):
                 cand = sorted((r for r in rows if r["model"] == mname and r["N"] == N and
                                r["quantity"] == q and "median_s" in r),
                               key=lambda r: r["median_s"])
-                lib = next((r for r in cand if r["route"] in ("library", "step") and
-                            r["params"] == "per_sample"), None)
+                libs = {p: next((r for r in cand if r["route"] in ("library", "step") and
+                                 r["params"] == p), None) for p in ("shared", "per_sample")}
                 fastest = cand[0]
                 by_min = min(cand, key=lambda r: r["min_s"])
                 best.append({
@@ -209,11 +211,10 @@ def main(argv=None):
                     else None,
                     "speedup_vs_runner_up": cand[1]["median_s"] / fastest["median_s"]
                     if len(cand) > 1 else None,
-                    "dilqr_current_route": None if lib is None else
-                    f"{lib['route']}/{lib['params']}",
-                    "dilqr_current_ms": None if lib is None else lib["median_s"] * 1e3,
-                    "speedup_vs_dilqr_current": None if lib is None else
-                    lib["median_s"] / fastest["median_s"]})
+                    **{f"library_{p}_ms": None if r is None else r["median_s"] * 1e3
+                       for p, r in libs.items()},
+                    **{f"library_{p}_over_fastest": None if r is None else
+                       r["median_s"] / fastest["median_s"] for p, r in libs.items()}})
             print(f"{mname} N={N} done", flush=True)
 
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -224,13 +225,14 @@ def main(argv=None):
                       "routes called in turn (rounds), a route stops after 3 calls once it has "
                       f"used {budget} s; fastest = lowest median",
             "reference": "rows/shared (f: module_call/shared)",
-            "dilqr_current": "the per_sample 'library' route is what DiLQR calls today "
-                             "(theta expanded to (B*T, p))",
+            "library": "Dynamics.jacobians / weighted_hessian (f: Dynamics.step) of the "
+                       "measured code, with theta (p,) (shared) or (N, p) (per_sample)",
             "load_average_at_start": load0, "load_average_at_end": os.getloadavg()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "derivative_routes.json").write_text(json.dumps(
-        {"meta": meta, "timings": rows, "fastest": best}, indent=1))
+        finite_json({"meta": meta, "timings": rows, "fastest": best}), indent=1,
+        allow_nan=False))
 
     print(f"\nthreads={meta['threads']}, float64, n={n}, m={m}; per cell: median ms, min ms "
           "(max |diff| vs the reference)")
@@ -257,9 +259,9 @@ def main(argv=None):
                 print(f"   {k[0] + '/' + k[1]:30}" + "  ".join(cells))
     print("\nfastest:")
     for b in best:
-        cur = "" if b["dilqr_current_route"] is None else (
-            f"; DiLQR's {b['dilqr_current_route']} {b['dilqr_current_ms']:.2f} ms "
-            f"({b['speedup_vs_dilqr_current']:.1f}x slower)")
+        cur = "".join(f"; library/{p} {b[f'library_{p}_over_fastest']:.1f}x"
+                      for p in ("shared", "per_sample")
+                      if b[f"library_{p}_over_fastest"] is not None)
         ru = "" if b["runner_up"] is None else \
             f", {b['speedup_vs_runner_up']:.2f}x ahead of {b['runner_up']}"
         alt = "" if b["fastest_by_min_time"] == b["fastest"] else \

@@ -328,6 +328,19 @@ def speed_row(kind, B, T, iters, repeats, budget_s):
             "meets_backward_target": bool(br <= BWD_TARGET)}
 
 
+def solver_diagnostics(sol) -> dict:
+    """Stats of the solver's own certificates where the ``Solution`` has them (``kkt``: first-
+    order residual, ``pivot``: smallest reduced-Hessian pivot; absent before commit ac0bf6e)."""
+    out = {}
+    for name, fns in (("kkt", ("median", "max")), ("pivot", ("min",))):
+        v = getattr(sol, name, None)
+        if isinstance(v, Tensor) and v.numel():
+            v = v.detach().double()
+            for fn in fns:
+                out[f"{name}_{fn}"] = float(getattr(v, fn)() if fn != "median" else v.median())
+    return out
+
+
 # ---------------------------------------------------------------------------------- agreement
 def projected_gradient(dyn, spec, x0, u, bound):
     """Per sample ``max |u - clamp(u - dJ/du, -b, b)|`` of the trajectory cost (DiLQR's
@@ -408,6 +421,8 @@ def agreement(kind: str, B: int = 32, T: int = 20) -> dict:
                                                        .sum()),
         "active_fraction_dilqr": float((~sol.free).float().mean()),
         "dilqr_iterations_median": float(sol.iterations.double().median()),
+        "dilqr_iterations_max": int(sol.iterations.max()),
+        "dilqr_diagnostics": solver_diagnostics(sol),
         "dilqr_s": t1 - t0, "mpc_s": t2 - t1, "mpc_lqr_iter": 100, "mpc_eps": 1e-10,
         "mpc_pnqp_not_converged_prints": sink.count,
     }
@@ -472,6 +487,8 @@ def lq_distribution(name: str, n: int, m: int, bound: float, seed: int, n_x0: in
     false_conv = [{"index": int(i), "rel_cost_diff": float(rel[i]), "iterations": int(it[i]),
                    "projected_gradient": float(pg[i])}
                   for i in range(n_x0) if conv[i] and np.isfinite(J_qp[i]) and rel[i] > 1e-6]
+    unconv = [{"index": int(i), "iterations": int(it[i]), "rel_cost_diff_to_qp": float(rel[i]),
+               "projected_gradient": float(pg[i])} for i in range(n_x0) if not conv[i]]
     return {
         "problem": name, "n": n, "m": m, "bound": bound, "A_seed": seed, "T": T,
         "samples": n_x0, "max_iter": cfg.max_iter, "tol": cfg.tol,
@@ -487,6 +504,8 @@ def lq_distribution(name: str, n: int, m: int, bound: float, seed: int, n_x0: in
             "min_signed": float(relc.min()) if relc.size else None,
             "max_signed": float(relc.max()) if relc.size else None},
         "converged_but_cost_above_qp_by_1e-6": false_conv,
+        "unconverged": unconv,
+        "dilqr_diagnostics": solver_diagnostics(sol),
         "projected_gradient_converged": {
             "median": float(np.median(pg[conv])) if conv.any() else None,
             "max": float(pg[conv].max()) if conv.any() else None},
@@ -529,11 +548,24 @@ def cartpole_distribution(B: int = 32, T: int = 30, seed: int = 0) -> list[dict]
             "cost_median": float(sol.cost.median()),
             "upright_final_fraction": float((sol.x[:, -1, 2] > 0.9).double().mean()),
             "active_fraction": float((~sol.free).double().mean()),
+            "dilqr_diagnostics": solver_diagnostics(sol),
             "seconds": time.perf_counter() - t0})
     gap = (costs[100] - costs[400]) / np.abs(costs[400])
     out[0]["rel_cost_above_max_iter_400_run"] = {"median": float(np.median(gap)),
                                                  "max": float(gap.max())}
     return out
+
+
+def finite_json(v):
+    """``v`` with non-finite floats as the strings ``"inf"``, ``"-inf"``, ``"nan"`` (strict
+    JSON has no such numbers)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: finite_json(w) for k, w in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [finite_json(w) for w in v]
+    return v
 
 
 # ---------------------------------------------------------------------------------- main
@@ -592,9 +624,9 @@ def main(argv=None):
             "arm": {"goal": ARM_GOAL, "weights": ARM_W, "terminal_weights": ARM_WT,
                     "bound": ARM_BOUND},
             "total_s": time.perf_counter() - t_start}
-    (out / "general_models.json").write_text(json.dumps(
+    (out / "general_models.json").write_text(json.dumps(finite_json(
         {"meta": meta, "speed": rows, "agreement": agree, "lq_iterations": lq,
-         "cartpole_iterations": cp_rows}, indent=1))
+         "cartpole_iterations": cp_rows}), indent=1, allow_nan=False))
     plot(rows, lq, cp_rows, out / "general_models.png")
 
     print(f"\nthreads={meta['threads']}, float64, K={args.iters} iterations, T={T}, "
@@ -611,7 +643,10 @@ def main(argv=None):
         print(f"agreement {a['model']:6} B={a['B']}: converged DiLQR {a['dilqr_converged']}, "
               f"mpc {a['mpc_converged_by_projected_gradient']}, both {a['both_converged']}; "
               f"max |du| over both {a['max_u_diff_both_converged']}, max |dx| "
-              f"{a['max_x_diff_both_converged']}; max |du| over all {a['max_u_diff_all']:.2e}")
+              f"{a['max_x_diff_both_converged']}; max |du| over all {a['max_u_diff_all']:.2e}; "
+              f"cost higher than the other's on DiLQR "
+              f"{a['samples_where_dilqr_cost_higher_by_1e-6']}"
+              f", mpc {a['samples_where_mpc_cost_higher_by_1e-6']}")
     print(f"{'problem':42} {'it med':>6} {'it max':>6} {'conv':>5} {'max |rel dJ| vs QP':>18}")
     for r in lq:
         d = r["rel_cost_diff_to_qp_converged"]["max_abs"]
