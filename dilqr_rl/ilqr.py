@@ -35,7 +35,8 @@ from torch import Tensor
 from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, linearize, projected_gradient, take_theta
 from .dynamics import Dynamics
-from .lqr import LQRGains, costates, lqr_backward
+from .lqr import LQRGains, costates
+from .qp import LQModel, clamp, solve_qp
 
 __all__ = ["ILQRConfig", "Solution", "ilqr_solve", "rollout", "linearize"]
 
@@ -185,10 +186,6 @@ class _Problem:
                         None if self.upper is None else self.upper[idx])
 
 
-def _clamp(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
-    return u if lower is None else torch.minimum(torch.maximum(u, lower), upper)
-
-
 def _rollout_policy(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Tensor,
                     K: Tensor, k: Tensor, alphas: Tensor, dx: Tensor | None = None
                     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -207,7 +204,7 @@ def _rollout_policy(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: 
     xs, us = [xa], []
     for t in range(T):
         ua = ff[:, :, t] + (K[:, t] @ (xa.reshape(A, b, n) - xr[..., t, :])[..., None])[..., 0]
-        ua = _clamp(ua, None if pr.lower is None else pr.lower[:, t],
+        ua = clamp(ua, None if pr.lower is None else pr.lower[:, t],
                     None if pr.upper is None else pr.upper[:, t]).reshape(A * b, m)
         xa = dynamics.step(xa, ua, th)
         xs.append(xa)
@@ -327,155 +324,9 @@ def _put(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
-@dataclass
-class _LQModel:
-    """The LQ model of the problem around a trajectory, in deviations ``(dx, du)``:
-    ``min sum_t 1/2 dz^T C dz + c^T dz + 1/2 dx_T^T CT dx_T + cT^T dx_T``,
-    ``dx_{t+1} = F_t dz_t``, ``dx_0 = 0``, ``lower <= du <= upper`` (bounds minus ``u``)."""
-
-    F: Tensor
-    C: Tensor
-    c: Tensor
-    CT: Tensor
-    cT: Tensor
-    mu: Tensor | None
-    lower: Tensor | None
-    upper: Tensor | None
-
-    def take(self, idx: Tensor) -> _LQModel:
-        return _LQModel(*(None if v is None else v[idx] for v in (
-            self.F, self.C, self.c, self.CT, self.cT, self.mu, self.lower, self.upper)))
-
-    def newton(self, du: Tensor, dx: Tensor, free: Tensor | None = None) -> LQRGains:
-        """The projected Newton step of the model from ``(dx, du)``: the Riccati pass with the
-        model's gradient there (``C dz + c``) and its held set."""
-        dz = torch.cat([dx[:, :-1], du], -1)
-        gz = (self.C @ dz[..., None])[..., 0] + self.c
-        if self.mu is not None:  # the proximal term 1/2 mu |du|^2 of the regularization
-            gz = torch.cat([gz[..., :-du.shape[-1]], gz[..., -du.shape[-1]:] +
-                            self.mu[:, None, None] * du], -1)
-        gT = (self.CT @ dx[:, -1, :, None])[..., 0] + self.cT
-        at_lo = at_hi = None
-        if self.lower is not None:
-            at_lo, at_hi = du <= self.lower, du >= self.upper
-        return lqr_backward(self.F, self.C, gz, self.CT, gT, mu=self.mu, free=free,
-                            at_lower=at_lo, at_upper=at_hi, costates=True)
-
-    def rollout(self, du: Tensor, dx: Tensor, gains: LQRGains, alphas: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
-        """The model's version of :func:`_rollout_policy`: ``(dX (A, b, T+1, n),
-        dU (A, b, T, m), value (A, b))``."""
-        A = alphas.shape[0]
-        b, T, m = du.shape
-        ff = du + alphas[:, None, None, None] * gains.k
-        xa = torch.zeros_like(dx[None, :, 0]).expand(A, b, dx.shape[-1])
-        xs, us = [xa], []
-        for t in range(T):
-            ua = ff[:, :, t] + (gains.K[:, t] @ (xa - dx[:, t])[..., None])[..., 0]
-            ua = _clamp(ua, None if self.lower is None else self.lower[:, t],
-                        None if self.upper is None else self.upper[:, t])
-            xa = (self.F[:, t] @ torch.cat([xa, ua], -1)[..., None])[..., 0]
-            xs.append(xa)
-            us.append(ua)
-        dX, dU = torch.stack(xs, 2), torch.stack(us, 2)
-        return dX, dU, self.value(dX, dU)
-
-    def value(self, dX: Tensor, dU: Tensor) -> Tensor:
-        """The model's value, with the regularization's proximal term ``1/2 mu |du|^2``
-        (the Riccati pass adds ``mu`` to ``Quu``: its step minimizes exactly this)."""
-        dz = torch.cat([dX[..., :-1, :], dU], -1)
-        xT = dX[..., -1, :]
-        prox = 0.0 if self.mu is None else 0.5 * self.mu * dU.square().sum((-1, -2))
-        return prox + (0.5 * (dz[..., None, :] @ self.C @ dz[..., :, None])[..., 0, 0]
-                + (self.c * dz).sum(-1)).sum(-1) + \
-            0.5 * (xT[..., None, :] @ self.CT @ xT[..., :, None])[..., 0, 0] + \
-            (self.cT * xT).sum(-1)
-
-
-def _model_search(mdl: _LQModel, du: Tensor, dx: Tensor, q: Tensor, g: LQRGains,
-                  alphas: Tensor, armijo: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Armijo search of the model along the policy ``g`` (as :func:`_armijo` does on the true
-    dynamics): ``accepted (b,)``, ``du``, ``dx``, model value of the chosen step."""
-    dX, dU, Qa = mdl.rollout(du, dx, g, alphas)
-    pred = (g.gu * (dU - du)).sum((2, 3))
-    tiny = 100 * torch.finfo(q.dtype).eps * (1 + q.abs())
-    ok = ((Qa - q <= armijo * pred) & (pred < 0)) | ((pred.abs() <= tiny) & (Qa - q <= tiny))
-    ok = ok & g.ok & (pred < 0)
-    acc = ok.any(0)
-    first = torch.argmax(ok.to(torch.int8), 0)
-    ar = torch.arange(du.shape[0], device=du.device)
-    a3 = acc[:, None, None]
-    return (acc, torch.where(a3, dU[first, ar], du), torch.where(a3, dX[first, ar], dx),
-            torch.where(acc, Qa[first, ar], q))
-
-
-def _solve_qp(model: _LQModel, gains: LQRGains, u: Tensor, alphas: Tensor, tol: float,
-              armijo: float, max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Minimize the box-constrained LQ model by projected Newton, from ``du = 0`` whose step
-    ``gains`` is given (the sequential-QP subproblem; on an LQ problem the whole problem).
-
-    Each iteration is the outer iteration's projected Newton step on the model: Riccati pass
-    with the held set, closed-loop rollout of the step sizes clamped to the box, Armijo test
-    on the model's gradient. No call of the user's model: only small tensor products, so
-    failures are cheap to repair. When the projected Newton step is no descent (it can point
-    out of the box at a control that sits on a bound with an inward gradient), the step on the
-    face (every control on a bound held) is tried, then a projected gradient step scaled by
-    the Riccati pass's curvature ``diag Quu``; both are descent directions unless the point is
-    stationary. The search there goes down to ``2^-30``.
-
-    :param u: ``(b, T, m)`` the controls around which the model is taken
-    :return: ``du (b, T, m)``, ``dx (b, T+1, n)``, the feedback gains ``K (b, T, m, n)`` at
-        ``du``, and the inner iterations ``(b,)``
-    """
-    b, T, m = u.shape
-    n = model.F.shape[2]
-    du = torch.zeros_like(u)
-    dx = torch.zeros(b, T + 1, n, dtype=u.dtype, device=u.device)
-    q = torch.zeros(b, dtype=u.dtype, device=u.device)
-    K = gains.K
-    its = torch.zeros(b, dtype=torch.long, device=u.device)
-    idx = torch.arange(b, device=u.device)
-    fine = 0.5 ** torch.arange(31, dtype=u.dtype, device=u.device)
-    g, mdl = gains, model
-    for _ in range(max_iter):
-        dus, dxs, qs = du[idx], dx[idx], q[idx]
-        small = g.k.abs().amax((1, 2)) <= tol * (1 + (u[idx] + dus).abs().amax((1, 2)))
-        acc, dU, dX, Q = _model_search(mdl, dus, dxs, qs, g, alphas, armijo)
-        fail = ~acc & ~small & g.ok
-        if mdl.lower is not None and bool(fail.any()):
-            r = torch.nonzero(fail)[:, 0]
-            mr = mdl.take(r)
-            on_bound = (dus[r] <= mr.lower) | (dus[r] >= mr.upper)
-            face = mr.newton(dus[r], dxs[r], free=~on_bound)
-            a2, u2, x2, q2 = _model_search(mr, dus[r], dxs[r], qs[r], face, fine, armijo)
-            h = \
-                torch.diagonal(g.Quu[r], dim1=-2, dim2=-1).clamp_min(1e-300)
-            grad = LQRGains(torch.zeros_like(face.K), -g.gu[r] / h, face.free, face.ok,
-                            face.pivot, face.Quu, g.lam[r], g.gu[r])
-            a3, u3, x3, q3 = _model_search(mr, dus[r], dxs[r], qs[r], grad, fine, armijo)
-            use3 = a3 & (~a2 | (q3 < q2))
-            a2 = a2 | a3
-            u2 = torch.where(use3[:, None, None], u3, u2)
-            x2 = torch.where(use3[:, None, None], x3, x2)
-            q2 = torch.where(use3, q3, q2)
-            acc = acc.index_copy(0, r, a2)
-            dU, dX, Q = dU.index_copy(0, r, u2), dX.index_copy(0, r, x2), Q.index_copy(0, r, q2)
-        du, dx, q = du.index_copy(0, idx, dU), dx.index_copy(0, idx, dX), q.index_copy(0, idx, Q)
-        its = its.index_add(0, idx, acc.long())
-        # a step below tolerance is still taken (the fixed point to O(tol^2)), then the sample
-        # is done
-        keep = acc & ~small
-        if not bool(keep.any()):
-            break
-        idx, mdl = idx[keep], mdl.take(torch.nonzero(keep)[:, 0])
-        g = mdl.newton(du[idx], dx[idx])
-        K = K.index_copy(0, idx, g.K)
-    return du, dx, K, its
-
-
 def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Tensor,
                  exact: Tensor, any_exact: bool, mu: Tensor | None
-                 ) -> tuple[LQRGains, _LQModel]:
+                 ) -> tuple[LQRGains, LQModel]:
     """Derivatives at ``(x, u)`` and the projected Riccati pass (steps 1-2 of the module
     docstring). ``exact (b,)``: samples that use the exact Lagrangian Hessian.
 
@@ -486,10 +337,114 @@ def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Ten
         lam = costates(d.F, d.c, d.cT)
         Hf = lagrangian_hessian(dynamics, x[:, :-1], u, pr.theta, lam[:, 1:])
         C = C + exact.to(C.dtype)[:, None, None, None] * Hf
-    model = _LQModel(d.F, C, d.c, d.CT, d.cT, mu,
+    model = LQModel(d.F, C, d.c, d.CT, d.cT, mu,
                      None if pr.lower is None else pr.lower - u,
                      None if pr.upper is None else pr.upper - u)
     return model.newton(torch.zeros_like(u), torch.zeros_like(x)), model
+
+
+@dataclass
+class _State:
+    """Per-sample solver state, ``(B, ...)`` each. Written out of place (``grad="unroll"``
+    records it)."""
+
+    x: Tensor
+    u: Tensor
+    J: Tensor
+    mu: Tensor
+    newton: Tensor  # (B,) bool: exact Lagrangian Hessian
+    converged: Tensor
+    iterations: Tensor
+    qp_iterations: Tensor
+    kkt: Tensor
+    pivot: Tensor
+
+    def write(self, idx: Tensor | None, **parts: Tensor) -> None:
+        for name, part in parts.items():
+            setattr(self, name, _put(getattr(self, name), idx, part))
+
+
+def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: ILQRConfig
+           ) -> _State:
+    """The initial rollout, checked finite."""
+    u = clamp(u_init, pr.lower, pr.upper)
+    x = rollout(dynamics, pr.x0, u, pr.theta)
+    J = cost.total(x, u, pr.P)
+    bad = ~(torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(f"the initial rollout is not finite for {int(bad.sum())} of "
+                         f"{u.shape[0]} samples (first: sample {i}, cost {float(J[i])}): the "
+                         "dynamics or the cost return NaN/inf at x0 with u_init; check the "
+                         "model's parameters, x0 and the bounds")
+    B = u.shape[0]
+    nan = torch.full_like(J, math.nan)
+    no = torch.zeros(B, dtype=torch.bool, device=u.device)
+    zero = torch.zeros(B, dtype=torch.long, device=u.device)
+    return _State(x, u, J, torch.full_like(J, cfg.mu_init), no, no, zero, zero, nan, nan)
+
+
+def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model: LQModel,
+          small: Tensor, alphas: Tensor, cfg: ILQRConfig) -> tuple[_Step, Tensor]:
+    """Step 4: the QP plan and the line search along it; at an indefinite exact reduced
+    Hessian, also the negative-curvature escape. :return: the step and the QP iterations."""
+    if pr.lower is None:
+        inner = torch.zeros_like(Js, dtype=torch.long)
+        step = _line_search(dynamics, cost, pr, xs, us, Js, gains, alphas, cfg)
+    else:
+        # sequential QP: solve the box-constrained LQ model (cheap: no model calls), then
+        # search along its solution with its feedback. Its active set is found on the model,
+        # so an LQ problem is solved in one iteration (docs/solver.md)
+        du, dxq, Kq, inner = solve_qp(model, gains, us, alphas, cfg.tol, cfg.armijo,
+                                      cfg.qp_iters)
+        plan = LQRGains(Kq, du, gains.free, gains.ok & ((inner > 0) | small), gains.pivot,
+                        gains.Quu, gains.lam, gains.gu)
+        step = _line_search(dynamics, cost, pr, xs, us, Js, plan, alphas, cfg, dxq)
+    # exact reduced Hessian indefinite (a saddle, or near one: a hanging pendulum): also try
+    # the direction of negative curvature, and keep whichever step lowers J more. Regularized
+    # Newton alone creeps there (its step is tiny where the gradient is).
+    indef = nws & ~(gains.pivot > 0)
+    if bool(indef.any()):
+        r = torch.nonzero(indef)[:, 0]
+        esc = _escape(dynamics, cost, pr.take(r), xs[r], us[r], Js[r], gains.take(r), alphas)
+        esc.accepted = esc.accepted & (~step.accepted[r] | (esc.J < step.J[r]))
+        step = step.merge(esc, r)
+    return step, inner
+
+
+def _regularization(mus: Tensor, acc: Tensor, cert: Tensor, gains: LQRGains,
+                    cfg: ILQRConfig) -> Tensor:
+    """Step 5: ``mu`` down on success, up on failure; an indefinite ``Quu`` of known size
+    (``m = 1``) jumps to a regularization that fixes it; certified samples keep theirs."""
+    mus_new = torch.where(acc, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
+                          mus * cfg.mu_factor)
+    jump = ~acc & ~gains.ok & torch.isfinite(gains.pivot) & (gains.pivot < 0)
+    mus_new = torch.where(jump, torch.maximum(mus_new, -2 * gains.pivot), mus_new)
+    return torch.where(cert, mus, mus_new)
+
+
+def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
+            cfg: ILQRConfig) -> Solution:
+    """The diagnostics of the samples that did not converge (at the returned point) and the
+    :class:`Solution`."""
+    x, u, lower, upper = st.x, st.u, full.lower, full.upper
+    if cfg.tol > 0 and not bool(st.converged.all()):
+        r = torch.nonzero(~st.converged)[:, 0]
+        pr = full.take(r)
+        g, _ = _newton_step(dynamics, cost, pr, x[r], u[r],
+                            torch.ones_like(r, dtype=torch.bool), True, None)
+        st.write(r, kkt=projected_gradient(u[r], g.gu, pr.lower, pr.upper), pivot=g.pivot)
+    free = torch.ones_like(u, dtype=torch.bool)
+    if lower is not None:
+        eps = torch.finfo(u.dtype).eps
+        # clamped controls sit exactly on the bound; allow a few ulps
+        above = torch.where(torch.isfinite(lower), u > lower + 4 * eps * (1 + lower.abs()), True)
+        below = torch.where(torch.isfinite(upper), u < upper - 4 * eps * (1 + upper.abs()), True)
+        free = above & below
+    return Solution(x=x, u=u, cost=st.J, converged=st.converged, iterations=st.iterations,
+                    free=free.detach(), kkt=st.kkt.detach(), pivot=st.pivot.detach(),
+                    qp_iterations=st.qp_iterations,
+                    history=torch.stack(hist, 1).detach() if hist else None)
 
 
 def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
@@ -508,116 +463,55 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     :raises ValueError: when the initial rollout or its cost is not finite
     """
     cfg = config
-    B, T, m = u_init.shape
-    dev, dt = x0.device, x0.dtype
     full = _Problem(x0, theta, P, lower, upper)
-    u = _clamp(u_init, lower, upper)
-    x = rollout(dynamics, x0, u, theta)
-    J = cost.total(x, u, P)
-    bad = ~(torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J))
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(f"the initial rollout is not finite for {int(bad.sum())} of {B} samples "
-                         f"(first: sample {i}, cost {float(J[i])}): the dynamics or the cost "
-                         "return NaN/inf at x0 with u_init; check the model's parameters, x0 "
-                         "and the bounds")
-    mu = torch.full((B,), cfg.mu_init, dtype=dt, device=dev)
-    nan = torch.full((B,), math.nan, dtype=dt, device=dev)
-    newton = torch.zeros(B, dtype=torch.bool, device=dev)
-    converged = torch.zeros_like(newton)
-    iterations = torch.zeros(B, dtype=torch.long, device=dev)
-    qp_iterations = torch.zeros_like(iterations)
-    kkt, pivot = nan, nan
-    alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=dt, device=dev)
-    idx: Tensor | None = None  # None: the whole batch is working
+    st = _start(dynamics, cost, full, u_init, cfg)
+    alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=x0.dtype, device=x0.device)
+    idx: Tensor | None = None  # the working samples; None: all
     any_exact = False
     hist: list[Tensor] = []
-
     for _ in range(cfg.max_iter):
         pr = full if idx is None else full.take(idx)
-        xs, us, Js, mus, nws = (v if idx is None else v[idx] for v in (x, u, J, mu, newton))
-        umax = us.abs().amax((1, 2))
+        xs, us, Js, mus, nws = (v if idx is None else v[idx]
+                                for v in (st.x, st.u, st.J, st.mu, st.newton))
+        # 1-2. derivatives and the projected Newton step
         gains, model = _newton_step(dynamics, cost, pr, xs, us, nws, any_exact, mus)
-        small = gains.k.abs().amax((1, 2)) <= cfg.tol * (1 + umax)
-        # certified: exact Hessian, negligible regularization, positive definite reduced
+        small = gains.k.abs().amax((1, 2)) <= cfg.tol * (1 + us.abs().amax((1, 2)))
+        # 3. certified: exact Hessian, negligible regularization, positive definite reduced
         # Hessian on the free controls, Newton step below tolerance (docs/solver.md)
         cert = nws & small & gains.ok & (gains.pivot > 0) & (mus <= 1e-3 * gains.pivot)
-        if pr.lower is None:
-            step = _line_search(dynamics, cost, pr, xs, us, Js, gains, alphas, cfg)
-        else:
-            # sequential QP: solve the box-constrained LQ model (cheap: no model calls), then
-            # search along its solution with its feedback. Its active set is found on the
-            # model, so an LQ problem is solved in one iteration (docs/solver.md)
-            du, dxq, Kq, inner = _solve_qp(model, gains, us, alphas, cfg.tol, cfg.armijo,
-                                           cfg.qp_iters)
-            qp_iterations = qp_iterations + _put(torch.zeros_like(iterations), idx, inner)
-            plan = LQRGains(Kq, du, gains.free, gains.ok & ((inner > 0) | small), gains.pivot,
-                            gains.Quu, gains.lam, gains.gu)
-            step = _line_search(dynamics, cost, pr, xs, us, Js, plan, alphas, cfg, dxq)
-        # exact reduced Hessian indefinite (a saddle, or near one: a hanging pendulum): also
-        # try the direction of negative curvature, and keep whichever step lowers J more.
-        # Regularized Newton alone creeps there (its step is tiny where the gradient is).
-        indef = nws & ~(gains.pivot > 0)
-        if bool(indef.any()):
-            r = torch.nonzero(indef)[:, 0]
-            esc = _escape(dynamics, cost, pr.take(r), xs[r], us[r], Js[r], gains.take(r), alphas)
-            esc.accepted = esc.accepted & (~step.accepted[r] | (esc.J < step.J[r]))
-            step = step.merge(esc, r)
-        if cfg.tol == 0:
-            cert = torch.zeros_like(cert)
-        # a certified sample still takes its last (tiny) Newton step when it is accepted: the
-        # fixed point, hence the implicit gradient, is then exact to O(tol^2), not O(tol)
+        cert = cert & (cfg.tol > 0)
+        # 4. the step; a certified sample still takes its last (tiny) Newton step when it is
+        # accepted: the fixed point, hence the implicit gradient, is then exact to O(tol^2)
+        step, inner = _step(dynamics, cost, pr, xs, us, Js, nws, gains, model, small, alphas,
+                            cfg)
         acc = step.accepted
-        mus_new = torch.where(acc, torch.clamp(mus / cfg.mu_factor, min=cfg.mu_min),
-                              mus * cfg.mu_factor)
-        # an indefinite Quu (m = 1 knows by how much): jump to a regularization that fixes it
-        jump = ~acc & ~gains.ok & torch.isfinite(gains.pivot) & (gains.pivot < 0)
-        mus_new = torch.where(jump, torch.maximum(mus_new, -2 * gains.pivot), mus_new)
-        mus_new = torch.where(cert, mus, mus_new)
+        # 5. regularization, Newton mode, bookkeeping
+        mus_new = _regularization(mus, acc, cert, gains, cfg)
         decrease = Js - step.J
-        nws_new = nws | small | (acc & (decrease <= cfg.newton_tol * (1 + Js.abs())))
         a3 = acc[:, None, None]
-        xs_new, us_new = torch.where(a3, step.x, xs), torch.where(a3, step.u, us)
-        Js_new = torch.where(acc, step.J, Js)
+        us_new = torch.where(a3, step.u, us)
         stalled = ~acc & ~cert & (mus_new > cfg.mu_max)
         if cfg.record_history:
+            nan = torch.full_like(st.J, math.nan)
             du = torch.where(acc, (us_new - us).abs().amax((1, 2)), math.nan)
             hist.append(torch.stack([_put(nan, idx, v) for v in (
-                du, mus_new, torch.where(acc, step.alpha, 0.0), Js_new)], -1))
-        x, u, J = _put(x, idx, xs_new), _put(u, idx, us_new), _put(J, idx, Js_new)
-        mu, newton = _put(mu, idx, mus_new), _put(newton, idx, nws_new)
-        kkt = _put(kkt, idx, torch.where(cert, projected_gradient(us, gains.gu, pr.lower,
-                                                                  pr.upper), math.nan))
-        pivot = _put(pivot, idx, torch.where(cert, gains.pivot, math.nan))
-        ones = torch.ones(us.shape[0], dtype=torch.long, device=dev)
-        iterations = iterations + 1 if idx is None else iterations.index_add(0, idx, ones)
-        converged = _put(converged, idx, cert)
-        working = _put(torch.zeros_like(converged), idx, ~cert & ~stalled) if idx is not None \
-            else ~cert & ~stalled
+                du, mus_new, torch.where(acc, step.alpha, 0.0),
+                torch.where(acc, step.J, Js))], -1))
+        nan_b = torch.full_like(Js, math.nan)
+        st.write(idx, x=torch.where(a3, step.x, xs), u=us_new, J=torch.where(acc, step.J, Js),
+                 mu=mus_new, converged=cert,
+                 newton=nws | small | (acc & (decrease <= cfg.newton_tol * (1 + Js.abs()))),
+                 iterations=(st.iterations if idx is None else st.iterations[idx]) + 1,
+                 qp_iterations=(st.qp_iterations if idx is None else st.qp_iterations[idx])
+                 + inner,
+                 kkt=torch.where(cert, projected_gradient(us, gains.gu, pr.lower, pr.upper),
+                                 nan_b),
+                 pivot=torch.where(cert, gains.pivot, nan_b))
+        working = _put(torch.zeros_like(st.converged), idx, ~cert & ~stalled)
         # the one host synchronisation of the iteration
-        w_host, n_host = torch.stack([working, newton]).cpu()
+        w_host, n_host = torch.stack([working, st.newton]).cpu()
         if not bool(w_host.any()):
             break
         any_exact = bool((n_host & w_host).any())
-        idx = None if bool(w_host.all()) else torch.nonzero(w_host)[:, 0].to(dev)
-
-    if cfg.tol > 0 and not bool(converged.all()):
-        # the diagnostics of the samples that did not converge, at the returned point
-        r = torch.nonzero(~converged)[:, 0]
-        g, _ = _newton_step(dynamics, cost, full.take(r), x[r], u[r],
-                            torch.ones_like(r, dtype=torch.bool), True, None)
-        kkt = kkt.index_copy(0, r, projected_gradient(u[r], g.gu, *(
-            None if v is None else v[r] for v in (lower, upper))))
-        pivot = pivot.index_copy(0, r, g.pivot)
-    free = torch.ones_like(u, dtype=torch.bool)
-    if lower is not None:
-        eps = torch.finfo(dt).eps
-        # clamped controls sit exactly on the bound; allow a few ulps
-        above = torch.where(torch.isfinite(lower), u > lower + 4 * eps * (1 + lower.abs()), True)
-        below = torch.where(torch.isfinite(upper), u < upper - 4 * eps * (1 + upper.abs()), True)
-        free = above & below
-    history = torch.stack(hist, 1).detach() if hist else None
-    return Solution(x=x, u=u, cost=J, converged=converged, iterations=iterations,
-                    free=free.detach(), kkt=kkt.detach(), pivot=pivot.detach(),
-                    qp_iterations=qp_iterations,
-                    history=history)
+        idx = None if bool(w_host.all()) else torch.nonzero(w_host)[:, 0].to(x0.device)
+    return _finish(dynamics, cost, full, st, hist, cfg)
