@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     cells = [(e, T, it, B, mode) for e in args.envs for T in Ts for B in Bs for it in its
              for mode in MODES]
     rows = []
-    # warm-up: first calls trace/allocate (DESIGN.md "First call")
+    # warm-up: first calls trace/allocate (docs/pitfalls.md, "First call")
     for e in args.envs:
         for mode in MODES:
             run_cell(e, 5, 3, 2, mode, args.device, 1)

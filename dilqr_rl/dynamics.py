@@ -405,7 +405,7 @@ class CartPole(Dynamics):
 
 
 class Rocket(Dynamics):
-    """6-DoF rocket of PDP / Safe-PDP (see ``ROCKET.md``), explicit Euler with ``dt = 0.1``.
+    """6-DoF rocket of PDP / Safe-PDP (docs/rocket.md), explicit Euler with ``dt = 0.1``.
 
     State (13): position ``r`` (inertial x-axis up), velocity ``v``, scalar-first unit
     quaternion ``q`` (body attitude), body rate ``w``. Control (3): body-frame thrust

@@ -20,7 +20,7 @@ from .rendering import SceneRenderer
 
 __all__ = ["RocketEnv", "rocket_stage_cost", "rocket_final_cost", "tilt"]
 
-#: ``(w_r, w_v, w_tilt, w_w, w_side, w_thrust)`` of Safe-PDP / DiLQR (``ROCKET.md``)
+#: ``(w_r, w_v, w_tilt, w_w, w_side, w_thrust)`` of Safe-PDP / DiLQR (docs/rocket.md)
 COST_WEIGHTS = (10.0, 1.0, 50.0, 1.0, 1.0, 0.4)
 #: the published initial state ``r0, v0, q0, w0``
 X0 = np.array([10.0, -8.0, 5.0, -0.1, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
@@ -54,7 +54,7 @@ class RocketEnv(DynamicsEnv):
     """## Description
 
     Land a 6-DoF rocket upright at the origin: the rocket of PDP / Safe-PDP / DiLQR
-    (``ROCKET.md``), stepping :class:`dilqr_rl.Rocket` (explicit Euler, ``dt = 0.1``) with true
+    (docs/rocket.md), stepping :class:`dilqr_rl.Rocket` (explicit Euler, ``dt = 0.1``) with true
     parameters ``(Jx, Jy, Jz, m, l)`` as constructor arguments. The inertial x-axis points up;
     gravity is ``(-10, 0, 0)``. After each step the quaternion is renormalized to unit length
     (``renormalize=True``; the model itself does not, so with ``renormalize=False`` a step is
@@ -74,7 +74,7 @@ class RocketEnv(DynamicsEnv):
 
     ## Rewards
 
-    Minus the landing cost of ``ROCKET.md`` with the Safe-PDP weights
+    Minus the landing cost of docs/rocket.md with the Safe-PDP weights
     ``(w_r, w_v, w_tilt, w_w, w_side, w_thrust) = (10, 1, 50, 1, 1, 0.4)``: each step
     ``-(w_r |r|^2 + w_v |v|^2 + w_w |w|^2 + w_tilt tilt(q) + w_side (Ty^2 + Tz^2) +
     w_thrust |T|^2)`` of the state before the step; at touchdown the final cost of the

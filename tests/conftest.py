@@ -5,7 +5,7 @@ import torch
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny batched LAPACK calls are ~400x slower with 2 threads on these machines
-    # (DESIGN.md, "Pitfalls"); tests run single-threaded.
+    # (docs/pitfalls.md, "Threads"); tests run single-threaded.
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -87,7 +87,7 @@ def test_batched_derivatives_match_per_pair_autograd(model):
 
 
 def test_rocket_second_derivatives_in_l_at_nonunit_inertia():
-    """ROCKET.md: a public implementation hand-coded d/dl of the angular dynamics, right only
+    """docs/rocket.md: a public implementation hand-coded d/dl of the angular dynamics, right only
     for J = 1. Our mixed derivatives d^2 f / (dtheta dz) come from autograd; check them against
     finite differences of the Jacobian at J != 1."""
     dyn = dl.Rocket(Jx=0.4, Jy=1.7, Jz=0.6, m=1.3, l=1.4).double()
