@@ -339,7 +339,8 @@ def train(args: Args, data: ExpertData | None = None) -> dict[str, Any]:
     :param args: :class:`Args`
     :param data: expert data (default: generated from ``args.data`` or ``args.data_seed``)
     """
-    torch.set_num_threads(1)  # tiny batched solves: one thread is ~100x faster (docs/pitfalls.md, "Threads")
+    # tiny batched solves: one thread is ~100x faster (docs/pitfalls.md, "Threads")
+    torch.set_num_threads(1)
     if data is not None and args.u_bound is None:
         args = dataclasses.replace(args, u_bound=data.config.get("u_bound"))
     spec = env_spec(args.env, args.u_bound)

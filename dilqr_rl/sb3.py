@@ -46,8 +46,8 @@ it first). A model file cannot name a module to import.
 
 **Precision.** Observations are float32; the controller solves in float64 (default) because the
 implicit gradient is only as good as the fixed point, and iLQR's line search stalls at float32
-rounding (docs/pitfalls.md, "Convergence precision"). The observation is cast to the solve dtype and the
-action back to float32.
+rounding (docs/pitfalls.md, "Convergence precision"). The observation is cast to the solve
+dtype and the action back to float32.
 
 **Actions.** The env's action box ``[a_lo, a_hi]`` and the controller's box ``[u_lo, u_hi]`` are
 matched affinely, ``a = a_lo + (u - u_lo) (a_hi - a_lo) / (u_hi - u_lo)`` (``a = u / u_max`` for
@@ -75,8 +75,8 @@ signal that the RL loss lacks (it is zero at saturated first controls); it works
 algorithms.
 
 **Threads.** SB3 on small problems is slowed down a lot by intra-op parallelism on tiny
-matrices (docs/pitfalls.md, "Threads"); call :func:`configure_threads` (``torch.set_num_threads(1)``)
-once per process, as ``dilqr_rl.agents.rl`` does.
+matrices (docs/pitfalls.md, "Threads"); call :func:`configure_threads`
+(``torch.set_num_threads(1)``) once per process, as ``dilqr_rl.agents.rl`` does.
 """
 
 from __future__ import annotations
