@@ -155,6 +155,17 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         fast = _riccati_scalar_batch_last if F.device.type == "cpu" and \
             B >= BATCH_LAST_MIN_B else _riccati_scalar
         return fast(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, costates or project)
+    return _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
+                              costates or project)
+
+
+def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam
+                       ) -> LQRGains:
+    """The Riccati pass for any ``m``: :func:`_riccati_step` backward in time, with the
+    costate recursion and the held set (arguments as :func:`lqr_backward`). The ``m = 1``
+    fast paths are checked against it (tests/test_lqr.py)."""
+    B, T, n, nz = F.shape
+    m = nz - n
     V, v = CT, cT
     lam = cT
     out = [[None] * T for _ in range(7)]  # K, k, free, pd, pivot, Quu, gu
@@ -164,21 +175,20 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         Ft, ct = F[:, t], c[:, t]
         fr = all_free if free is None else free[:, t]
         gu = None
-        if project or costates:
+        if with_lam:
             gu = ct[:, n:] + (Ft[:, :, n:].transpose(-1, -2) @ lam[..., None])[..., 0]
             lams[t] = lam = ct[:, :n] + (Ft[:, :, :n].transpose(-1, -2) @ lam[..., None])[..., 0]
-            if project:
+            if at_lower is not None:
                 fr = fr & ~_held(gu, at_lower[:, t], at_upper[:, t])
         V, v, K, k, pd, piv, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
                                                  None if f is None else f[:, t], mu, fr)
         for lst, val in zip(out, (K, k, fr, pd, piv, Quu, gu), strict=True):
             lst[t] = val
     K, k, fr, pd, piv, Quu, gu = out
-    has_lam = project or costates
     return LQRGains(torch.stack(K, 1), torch.stack(k, 1), torch.stack(fr, 1),
                     torch.stack(pd, 1).all(1), torch.stack(piv, 1).amin(1), torch.stack(Quu, 1),
-                    torch.stack([*lams, cT], 1) if has_lam else None,
-                    torch.stack(gu, 1) if has_lam else None)
+                    torch.stack([*lams, cT], 1) if with_lam else None,
+                    torch.stack(gu, 1) if with_lam else None)
 
 
 def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | None
@@ -187,17 +197,24 @@ def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | N
 
     :param Quu: ``Quu``; :param qu: ``qu``; :param mu: regularization added to ``Quu`` or
         ``None``; :param free: the free mask or ``None``; all broadcastable
-    :return: ``k = -qu / h`` on free controls with ``h = Quu + mu > 0`` (else 0); ``fr`` (free
-        and ``h > 0``); ``pd`` (``h > 0`` or held); ``s = fr / h``; ``pivot`` (``Quu`` where
-        free, ``+inf`` where held). A free control with ``h <= 0`` gets no step (``pd`` False
+    :return: ``k = -qu / h`` on free controls with ``h = Quu + mu > 0`` (without ``mu``: any
+        ``h != 0``, as the reference pass's LU solve), else 0; ``fr`` (free and stepped);
+        ``pd`` (``h > 0`` or held); ``s = fr / h``; ``pivot`` (``Quu`` where free, ``+inf``
+        where held). With ``mu``, a free control with ``h <= 0`` gets no step (``pd`` False
         reports it)
     """
     h = Quu if mu is None else Quu + mu
     pos = h > 0
-    hs = torch.where(pos, h, 1.0)
-    fr = pos if free is None else free & pos
     pd = pos if free is None else pos | ~free
     piv = Quu if free is None else torch.where(free, Quu, torch.inf)
+    if mu is None:
+        # the adjoint / plain LQR: the stationary point even where Quu < 0 (as the LU solve
+        # of the reference pass); only a singular Quu gets no step
+        use = h != 0
+    else:
+        use = pos
+    hs = torch.where(use, h, 1.0)
+    fr = use if free is None else free & use
     return -qu / hs * fr, fr, pd, fr / hs, piv
 
 

@@ -220,3 +220,40 @@ def test_scalar_riccati_batch_last_layout_matches():
                                        atol=1e-12, equal_nan=True)
         assert torch.equal(b.free, a.free) and torch.equal(b.ok, a.ok)
     assert not bool(a.ok.all())  # the concave samples are reported
+
+
+@pytest.mark.parametrize("B", [8, 80])  # batch-major and batch-last (BATCH_LAST_MIN_B = 64)
+@pytest.mark.parametrize("variant", ["projected", "masked_affine", "costates", "plain"])
+def test_scalar_fast_paths_match_the_reference_pass(B, variant):
+    """The m = 1 closed-form passes are labelled fast paths of one reference Riccati pass
+    (:func:`dilqr_rl.lqr._riccati_reference`, any m): same gains, held sets, costates and
+    pivots, including samples with a concave ``Quu`` (reported not ok)."""
+    from dilqr_rl import lqr
+
+    n, T = 3, 6
+    F, f, C, c, CT, cT, x0 = random_lqr(B, T, n, 1, seed=40 + B)
+    C = C.clone()
+    C[: B // 4, :, n, n] -= 50.0  # concave in u for a quarter of the samples
+    gen = torch.Generator().manual_seed(B)
+    at_lo = torch.rand(B, T, 1, generator=gen) < 0.3
+    at_hi = ~at_lo & (torch.rand(B, T, 1, generator=gen) < 0.3)
+    free = torch.rand(B, T, 1, generator=gen) > 0.3
+    mu = torch.rand(B, dtype=F64, generator=gen)
+    kw = {"projected": {"mu": mu, "at_lower": at_lo, "at_upper": at_hi},
+          "masked_affine": {"free": free, "f": f},
+          "costates": {"mu": mu, "costates": True},
+          "plain": {}}[variant]
+    fast = dl.lqr_backward(F, C, c, CT, cT, **kw)
+    ref = lqr._riccati_reference(F, C, c, CT, cT, kw.get("f"), kw.get("mu"), kw.get("free"),
+                                 kw.get("at_lower"), kw.get("at_upper"),
+                                 "at_lower" in kw or "costates" in kw)
+    for name in ("K", "k", "Quu", "lam", "gu"):
+        a, b = getattr(fast, name), getattr(ref, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.equal(fast.free, ref.free) and torch.equal(fast.ok, ref.ok)
+    assert not bool(fast.ok.all()) and bool(fast.ok.any())
+    # the reference reports -inf where a Cholesky failed; the scalar paths the value itself
+    torch.testing.assert_close(fast.pivot[fast.ok], ref.pivot[ref.ok], rtol=1e-10, atol=1e-10)
+    assert (fast.pivot[~fast.ok] <= 0).all() and (ref.pivot[~ref.ok] == -torch.inf).all()
