@@ -12,11 +12,12 @@ from .cost import Cost, FunctionCost, QuadraticCost
 from .dynamics import CartPole, Dynamics, Pendulum, Rocket
 from .grad import fixed_point_vjp
 from .ilqr import ILQRConfig, Solution, ilqr_solve, rollout
-from .layer import DiLQR, NotConvergedError, UnconvergedWarning
+from .layer import DiLQR, NonFiniteError, NotConvergedError, UnconvergedWarning
 from .lqr import lqr_backward, lqr_rollout, lqr_solve
 
 __all__ = [
-    "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NotConvergedError",
+    "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NonFiniteError",
+    "NotConvergedError",
     "Pendulum", "QuadraticCost", "Rocket", "Solution", "fixed_point_vjp",
     "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout", "UnconvergedWarning",
 ]

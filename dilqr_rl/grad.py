@@ -36,15 +36,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, stage_params
 from .dynamics import Dynamics
-from .ilqr import ILQRConfig, Solution, ilqr_solve
+from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
 from .lqr import costates, lqr_solve
 
 __all__ = ["fixed_point_vjp", "solve_implicit", "GRAD_MODES"]
+
 
 GRAD_MODES = ("implicit", "last_lqr", "unroll")
 
@@ -130,8 +130,13 @@ class _FixedPointFn(torch.autograd.Function):
         return sol.x, sol.u
 
     @staticmethod
-    @once_differentiable  # the backward is not itself differentiable: say so, not zeros
     def backward(ctx, gx: Tensor | None, gu: Tensor | None):
+        if torch.is_grad_enabled():
+            # create_graph=True (a second derivative, torch.autograd.functional.hessian): the
+            # backward is not itself differentiable; say so instead of returning zeros
+            raise RuntimeError("DiLQR's implicit gradient is once differentiable: "
+                               "create_graph=True / second derivatives through the layer are "
+                               "not supported (use grad='unroll' for them)")
         spec = ctx.spec
         x0, theta, x, u, free, converged, *pvals = ctx.saved_tensors
         gx = torch.zeros_like(x) if gx is None else gx
@@ -144,6 +149,14 @@ class _FixedPointFn(torch.autograd.Function):
         g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta,
                                       dict(zip(spec.names, pvals, strict=True)), x, u, free, gx, gu,
                                       exact=spec.exact)
+        for name, g in (("x0", g0), ("the dynamics parameters", gth), *gP.items()):
+            if not bool(torch.isfinite(g).all()):
+                bad = ~torch.isfinite(g.reshape(g.shape[0], -1) if g.dim() > 1 else g[None])
+                raise NonFiniteError(
+                    f"the implicit gradient for {name} is not finite (rows "
+                    f"{torch.nonzero(bad.any(-1))[:, 0].tolist()[:8]}): the derivatives of the "
+                    "model or the cost are not finite at the solution, or its reduced Hessian "
+                    "is singular (check Solution.pivot)")
         return (None, g0, gth, *[gP[k] for k in spec.names])
 
 

@@ -38,7 +38,13 @@ from .dynamics import Dynamics
 from .lqr import LQRGains, costates
 from .qp import LQModel, clamp, solve_qp
 
-__all__ = ["ILQRConfig", "Solution", "ilqr_solve", "rollout", "linearize"]
+
+class NonFiniteError(ValueError):
+    """A NaN or inf appeared in the solve or its gradient although the inputs were finite
+    (the model or the cost returns NaN/inf there): raised with what and where, never passed
+    on as a number, and distinct from \"did not converge\"."""
+
+__all__ = ["ILQRConfig", "NonFiniteError", "Solution", "ilqr_solve", "rollout", "linearize"]
 
 
 @dataclass(frozen=True)
@@ -373,7 +379,7 @@ def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: IL
     bad = ~(torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J))
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(f"the initial rollout is not finite for {int(bad.sum())} of "
+        raise NonFiniteError(f"the initial rollout is not finite for {int(bad.sum())} of "
                          f"{u.shape[0]} samples (first: sample {i}, cost {float(J[i])}): the "
                          "dynamics or the cost return NaN/inf at x0 with u_init; check the "
                          "model's parameters, x0 and the bounds")
@@ -395,8 +401,10 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
         # sequential QP: solve the box-constrained LQ model (cheap: no model calls), then
         # search along its solution with its feedback. Its active set is found on the model,
         # so an LQ problem is solved in one iteration (docs/solver.md)
-        du, dxq, Kq, inner = solve_qp(model, gains, us, alphas, cfg.tol, cfg.armijo,
-                                      cfg.qp_iters)
+        # (tol = 0 asks for a fixed number of outer iterations; the subproblem is still
+        # solved to the default tolerance)
+        du, dxq, Kq, inner = solve_qp(model, gains, us, alphas, cfg.tol or ILQRConfig.tol,
+                                      cfg.armijo, cfg.qp_iters)
         plan = LQRGains(Kq, du, gains.free, gains.ok & ((inner > 0) | small), gains.pivot,
                         gains.Quu, gains.lam, gains.gu)
         step = _line_search(dynamics, cost, pr, xs, us, Js, plan, alphas, cfg, dxq)
@@ -447,6 +455,14 @@ def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
                     history=torch.stack(hist, 1).detach() if hist else None)
 
 
+def _nonfinite_message(finite: Tensor, iterations: Tensor) -> str:
+    bad = torch.nonzero(~finite)[:, 0].tolist()
+    return (f"the Newton step is not finite for samples {bad[:8]} (iteration "
+            f"{int(iterations[bad[0]])}): the dynamics' Jacobians or the cost's derivatives "
+            "return NaN/inf along the trajectory (e.g. a pendulum state off the unit circle, "
+            "a zero mass or inertia); check the model, its parameters and x0")
+
+
 def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                P: dict[str, Tensor], u_init: Tensor, lower: Tensor | None,
                upper: Tensor | None, config: ILQRConfig) -> Solution:
@@ -460,7 +476,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     :param u_init: ``(B, T, m)`` initial controls (projected onto the box)
     :param lower: ``(B, T, m)`` or ``None``; :param upper: ``(B, T, m)`` or ``None``
     :return: :class:`Solution` (``cost`` undifferentiated here; the layer recomputes it)
-    :raises ValueError: when the initial rollout or its cost is not finite
+    :raises NonFiniteError: (a ``ValueError``) when the initial rollout or its cost, or a
+        Newton step, is not finite
     """
     cfg = config
     full = _Problem(x0, theta, P, lower, upper)
@@ -508,8 +525,13 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                                  nan_b),
                  pivot=torch.where(cert, gains.pivot, nan_b))
         working = _put(torch.zeros_like(st.converged), idx, ~cert & ~stalled)
+        finite = torch.isfinite(gains.k).all(-1).all(-1) & torch.isfinite(gains.K).all(
+            -1).all(-1).all(-1)
         # the one host synchronisation of the iteration
-        w_host, n_host = torch.stack([working, st.newton]).cpu()
+        w_host, n_host, f_host = torch.stack([working, st.newton,
+                                              _put(torch.ones_like(working), idx, finite)]).cpu()
+        if not bool(f_host.all()):
+            raise NonFiniteError(_nonfinite_message(f_host, st.iterations))
         if not bool(w_host.any()):
             break
         any_exact = bool((n_host & w_host).any())

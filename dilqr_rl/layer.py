@@ -12,10 +12,9 @@ from torch import Tensor, nn
 from .cost import Cost, QuadraticCost
 from .dynamics import Dynamics
 from .grad import GRAD_MODES, solve_implicit
-from .ilqr import ILQRConfig, Solution, ilqr_solve
+from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
 
-__all__ = ["DiLQR", "NotConvergedError", "UnconvergedWarning"]
-
+__all__ = ["DiLQR", "NonFiniteError", "NotConvergedError", "UnconvergedWarning"]
 
 class NotConvergedError(RuntimeError):
     """Raised when ``ILQRConfig.on_unconverged == "raise"`` and a sample did not converge."""
@@ -70,9 +69,10 @@ class DiLQR(nn.Module):
         self.grad = grad
         self.u_lower = dynamics.u_lower if u_lower is None else u_lower
         self.u_upper = dynamics.u_upper if u_upper is None else u_upper
-        lo, hi = self._bounds(1, torch.float64, torch.device("cpu"))
-        if lo is not None and bool((lo > hi).any()):
-            raise ValueError("u_lower must be <= u_upper everywhere")
+        # validate now, with the batch size of per-sample (B, T, m) bounds if there are any
+        rows = [torch.as_tensor(b).shape[0] for b in (self.u_lower, self.u_upper)
+                if b is not None and torch.as_tensor(b).dim() == 3]
+        self._bounds(max(rows, default=1), torch.float64, torch.device("cpu"))
         self._warm: Tensor | None = None
 
     @property
@@ -99,14 +99,24 @@ class DiLQR(nn.Module):
                                  ("u_upper", self.u_upper, math.inf)):
             v = torch.as_tensor(default if b is None else b, dtype=dtype, device=device)
             if v.dim() > 3 or (v.dim() >= 1 and v.shape[-1] not in (1, m)) or \
-                    (v.dim() >= 2 and v.shape[-2] not in (1, T)) or \
-                    (v.dim() == 3 and v.shape[0] not in (1, B)):
+                    (v.dim() >= 2 and v.shape[-2] not in (1, T)):
                 raise ValueError(f"{name} must be a float or broadcastable to (B, T, m) = "
                                  f"({B}, {T}, {m}), got shape {tuple(v.shape)}")
+            if v.dim() == 3 and v.shape[0] not in (1, B):
+                raise ValueError(f"{name} has per-sample bounds for {v.shape[0]} samples, but "
+                                 f"x0 has B = {B}")
             if bool(torch.isnan(v).any()):
                 raise ValueError(f"{name} contains NaN")
             out.append(v.expand(B, T, m))
         lo, hi = out
+        if bool((lo == math.inf).any()):
+            raise ValueError("u_lower is +inf somewhere: a lower bound must be below +inf "
+                             "(-inf means no lower bound)")
+        if bool((hi == -math.inf).any()):
+            raise ValueError("u_upper is -inf somewhere: an upper bound must be above -inf "
+                             "(+inf means no upper bound)")
+        if bool((lo > hi).any()):
+            raise ValueError("u_lower must be <= u_upper everywhere")
         if bool(torch.isinf(lo).all() & torch.isinf(hi).all()) and bool((lo < 0).all()) and \
                 bool((hi > 0).all()):
             return None, None
@@ -180,6 +190,8 @@ class DiLQR(nn.Module):
             raise ValueError(f"x0 must have shape (B, {n}) or ({n},), got {tuple(x0.shape)}")
         _check_finite("x0", x0)
         B = x0.shape[0]
+        if B == 0:
+            raise ValueError("x0 has no samples (B = 0): pass at least one initial state")
         overrides = dict(cost_params or {}, **cost_overrides)
         theta, P = self._params(B, x0, params, overrides)
         lower, upper = self._bounds(B, x0.dtype, x0.device)
@@ -202,7 +214,14 @@ class DiLQR(nn.Module):
             x, u, sol = solve_implicit(self.dynamics, self.cost, x0, theta, P, u_init, lower,
                                        upper, self.config, exact=self.grad == "implicit")
         self._report(sol)
-        return Solution(x=x, u=u, cost=self.cost.total(x, u, P), converged=sol.converged,
+        cost = self.cost.total(x, u, P)
+        if self.config.on_unconverged == "detach" and self.config.tol > 0:
+            # no gradient from unconverged samples through x, u or cost, in every mode
+            keep = sol.converged
+            x = torch.where(keep[:, None, None], x, x.detach())
+            u = torch.where(keep[:, None, None], u, u.detach())
+            cost = torch.where(keep, cost, cost.detach())
+        return Solution(x=x, u=u, cost=cost, converged=sol.converged,
                         iterations=sol.iterations, free=sol.free, kkt=sol.kkt, pivot=sol.pivot,
                         qp_iterations=sol.qp_iterations,
                         history=sol.history)
