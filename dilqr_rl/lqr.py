@@ -83,47 +83,55 @@ def _held(gu: Tensor, at_lower: Tensor, at_upper: Tensor) -> Tensor:
 
 
 def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: Tensor | None,
-                  mu: Tensor | None, free_t: Tensor):
+                  mu: Tensor | None, mu_eye: Tensor | None, free_t: Tensor):
     """One step of the Riccati recursion, any ``m`` (the reference; Tassa et al. 2012 eq. 5).
 
-    ``Q = C + F^T V F``, ``q = c + F^T (v + V f)``; on the free controls ``k = -Quu^-1 qu``,
-    ``K = -Quu^-1 Qux`` (``Quu + mu I``, Levenberg-Marquardt); held controls get zero rows. Then
-    ``V = Qxx + K^T Quu K + K^T Qux + Qux^T K`` and ``v = qx + K^T (Quu k + qu) + Qux^T k``.
+    ``Q = C + F^T V F``, ``q = c + F^T (v + V f)``; on the free controls
+    ``[k, K] = -(Quu + mu I)^-1 [qu, Qux]`` (Levenberg-Marquardt); held controls get zero rows.
+    Then ``V = Qxx + K^T Quu K + K^T Qux + Qux^T K`` and ``v = qx + K^T (Quu k + qu) + Qux^T k``,
+    which with ``(Quu + mu) [k, K] = -[qu, Qux]`` on the free rows (and zero rows elsewhere) is
+    ``[v, V] = [qx, Qxx] + Qux^T [k, K] - mu K^T [k, K]``: two products instead of six.
 
     :param V: ``(B, n, n)``, :param v: ``(B, n)``: the value function of step ``t+1``
     :param Ft: ``(B, n, n+m)``; :param Ct: ``(B, n+m, n+m)``; :param ct: ``(B, n+m)``
-    :param ft: ``(B, n)`` or ``None``; :param mu: ``(B,)`` or ``None``
-    :param free_t: ``(B, m)`` bool
-    :return: ``V, v, K (B, m, n), k (B, m), pd (B,), pivot (B,), Quu (B, m, m)``
+    :param ft: ``(B, n)`` or ``None``; :param mu: ``(B,)`` or ``None``; :param mu_eye:
+        ``mu I (B, m, m)`` or ``None``; :param free_t: ``(B, m)`` bool
+    :return: ``V, v, K (B, m, n), k (B, m), pd (B,), diag L (B, m), Quu (B, m, m)``
     """
     n = Ft.shape[-2]
     FtT = Ft.transpose(-1, -2)
     Q = Ct + FtT @ (V @ Ft)
     vv = v if ft is None else v + (V @ ft[..., None])[..., 0]
     q = ct + (FtT @ vv[..., None])[..., 0]
-    Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
-    qx, qu = q[:, :n], q[:, n:]
-    m = Quu.shape[-1]
-    H = Quu if mu is None else Quu + mu[:, None, None] * torch.eye(m, dtype=Q.dtype,
-                                                                   device=Q.device)
-    Hm = _masked(H, free_t)
+    Qux, Quu = Q[:, n:, :n], Q[:, n:, n:]
+    Hm = _masked(Quu if mu_eye is None else Quu + mu_eye, free_t)
     L, info = torch.linalg.cholesky_ex(Hm)
     pd = info == 0
-    rhs = torch.cat([qu[..., None], Qux], -1) * free_t[..., None].to(Q.dtype)
-    # the adjoint LQR (mu None) may meet an indefinite Quu away from a minimum: LU there
-    sol = torch.linalg.solve(Hm, rhs) if mu is None else torch.cholesky_solve(rhs, L)
-    if mu is not None:  # no step where Quu + mu is not positive definite (ok reports it)
-        sol = torch.where(pd[:, None, None], sol, 0.0)
-    k, K = -sol[..., 0], -sol[..., 1:]
-    d = torch.diagonal(L, dim1=-2, dim2=-1) ** 2 - (0.0 if mu is None else mu[:, None])
-    pivot = torch.where(free_t, d, torch.inf).amin(-1)
-    pivot = torch.where(pd, pivot, -torch.inf)
-    KT = K.transpose(-1, -2)
-    V = Qxx + KT @ (Quu @ K) + KT @ Qux + Qux.transpose(-1, -2) @ K
+    rhs = torch.cat([q[:, n:, None], Qux], -1) * free_t[..., None].to(Q.dtype)
+    # the adjoint LQR (mu None) may meet an indefinite Quu away from a minimum: LU there (at a
+    # certified minimum every free Quu is positive definite: the Cholesky factor serves; on
+    # the CPU the check is free, elsewhere LU always, without a synchronisation)
+    if mu is None:
+        chol = Hm.device.type == "cpu" and bool(pd.all())
+        kK = -(torch.cholesky_solve(rhs, L) if chol else torch.linalg.solve(Hm, rhs))
+    else:  # no step where Quu + mu is not positive definite (ok reports it)
+        kK = torch.where(pd[:, None, None], -torch.cholesky_solve(rhs, L), 0.0)
+    K = kK[..., 1:]
+    vV = Qux.transpose(-1, -2) @ kK
+    if mu is not None:
+        vV = vV - mu[:, None, None] * (K.transpose(-1, -2) @ kK)
+    V = Q[:, :n, :n] + vV[..., 1:]
     V = 0.5 * (V + V.transpose(-1, -2))
-    v = qx + (KT @ ((Quu @ k[..., None])[..., 0] + qu)[..., None])[..., 0] + \
-        (Qux.transpose(-1, -2) @ k[..., None])[..., 0]
-    return V, v, K, k, pd, pivot, Quu
+    return (V, q[:, :n] + vV[..., 0], K, kK[..., 0], pd,
+            torch.diagonal(L, dim1=-2, dim2=-1), Quu)
+
+
+def _pivots(Ld: Tensor, free: Tensor, pd: Tensor, mu: Tensor | None) -> Tensor:
+    """``(B,)`` smallest Cholesky pivot of the free ``Quu`` over all steps, without ``mu``;
+    ``-inf`` where a factorization failed. ``Ld (B, T, m)`` diagonals of the factors."""
+    d = Ld ** 2 - (0.0 if mu is None else mu[:, None, None])
+    piv = torch.where(free, d, torch.inf).amin(-1)  # (B, T)
+    return torch.where(pd, piv, -torch.inf).amin(-1)
 
 
 def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
@@ -171,22 +179,27 @@ def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_la
     out = [[None] * T for _ in range(7)]  # K, k, free, pd, pivot, Quu, gu
     lams = [None] * T
     all_free = torch.ones(B, m, dtype=torch.bool, device=F.device)
+    mu_eye = None if mu is None else mu[:, None, None] * torch.eye(m, dtype=F.dtype,
+                                                                   device=F.device)
+    FT = F.transpose(-1, -2)  # (B, T, n+m, n): costates and gradients in one product
     for t in range(T - 1, -1, -1):
         Ft, ct = F[:, t], c[:, t]
         fr = all_free if free is None else free[:, t]
         gu = None
         if with_lam:
-            gu = ct[:, n:] + (Ft[:, :, n:].transpose(-1, -2) @ lam[..., None])[..., 0]
-            lams[t] = lam = ct[:, :n] + (Ft[:, :, :n].transpose(-1, -2) @ lam[..., None])[..., 0]
+            g = ct + (FT[:, t] @ lam[..., None])[..., 0]  # [lam_t; gu_t]
+            lam, gu = g[:, :n], g[:, n:]
+            lams[t] = lam
             if at_lower is not None:
                 fr = fr & ~_held(gu, at_lower[:, t], at_upper[:, t])
-        V, v, K, k, pd, piv, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
-                                                 None if f is None else f[:, t], mu, fr)
-        for lst, val in zip(out, (K, k, fr, pd, piv, Quu, gu), strict=True):
+        V, v, K, k, pd, Ld, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
+                                                None if f is None else f[:, t], mu, mu_eye, fr)
+        for lst, val in zip(out, (K, k, fr, pd, Ld, Quu, gu), strict=True):
             lst[t] = val
-    K, k, fr, pd, piv, Quu, gu = out
-    return LQRGains(torch.stack(K, 1), torch.stack(k, 1), torch.stack(fr, 1),
-                    torch.stack(pd, 1).all(1), torch.stack(piv, 1).amin(1), torch.stack(Quu, 1),
+    K, k, fr, pd, Ld, Quu, gu = out
+    fr, pd = torch.stack(fr, 1), torch.stack(pd, 1)
+    return LQRGains(torch.stack(K, 1), torch.stack(k, 1), fr, pd.all(1),
+                    _pivots(torch.stack(Ld, 1), fr, pd, mu), torch.stack(Quu, 1),
                     torch.stack([*lams, cT], 1) if with_lam else None,
                     torch.stack(gu, 1) if with_lam else None)
 
