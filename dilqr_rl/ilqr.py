@@ -346,7 +346,8 @@ def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Ten
     model = LQModel(d.F, C, d.c, d.CT, d.cT, mu,
                      None if pr.lower is None else pr.lower - u,
                      None if pr.upper is None else pr.upper - u)
-    return model.newton(torch.zeros_like(u), torch.zeros_like(x)), model
+    box = pr.lower is not None and u.shape[-1] == 1
+    return model.newton(torch.zeros_like(u), torch.zeros_like(x), box=box), model
 
 
 @dataclass
@@ -394,20 +395,35 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
           small: Tensor, alphas: Tensor, cfg: ILQRConfig) -> tuple[_Step, Tensor]:
     """Step 4: the QP plan and the line search along it; at an indefinite exact reduced
     Hessian, also the negative-curvature escape. :return: the step and the QP iterations."""
-    if pr.lower is None:
-        inner = torch.zeros_like(Js, dtype=torch.long)
+    inner = torch.zeros_like(Js, dtype=torch.long)
+    qp = torch.ones_like(Js, dtype=torch.bool) if pr.lower is not None else \
+        torch.zeros_like(Js, dtype=torch.bool)
+    if pr.lower is None or gains.boxed is not None:
+        # no bounds, or m = 1: the Newton step itself (for m = 1 with box-DDP's closed-form
+        # clamp per step, exact for one control); the QP below only where it fails or stalls
+        # on a clamp (a clamp against the true gradient is no KKT point)
         step = _line_search(dynamics, cost, pr, xs, us, Js, gains, alphas, cfg)
-    else:
+        if pr.lower is not None:
+            qp = (~step.accepted & gains.ok) | (gains.boxed & small)
+    if bool(qp.any()):
         # sequential QP: solve the box-constrained LQ model (cheap: no model calls), then
         # search along its solution with its feedback. Its active set is found on the model,
         # so an LQ problem is solved in one iteration (docs/solver.md)
         # (tol = 0 asks for a fixed number of outer iterations; the subproblem is still
         # solved to the default tolerance)
-        du, dxq, Kq, inner = solve_qp(model, gains, us, alphas, cfg.tol or ILQRConfig.tol,
-                                      cfg.armijo, cfg.qp_iters)
-        plan = LQRGains(Kq, du, gains.free, gains.ok & ((inner > 0) | small), gains.pivot,
-                        gains.Quu, gains.lam, gains.gu)
-        step = _line_search(dynamics, cost, pr, xs, us, Js, plan, alphas, cfg, dxq)
+        r = torch.nonzero(qp)[:, 0]
+        every = bool(qp.all())
+        mdl, g = (model, gains) if every else (model.take(r), gains.take(r))
+        if g.boxed is not None:  # start from the projected step without the per-step clamp
+            g = mdl.newton(torch.zeros_like(us[r]), torch.zeros_like(xs[r]))
+        du, dxq, Kq, its = solve_qp(mdl, g, us[r], alphas, cfg.tol or ILQRConfig.tol,
+                                    cfg.armijo, cfg.qp_iters)
+        inner = inner.index_copy(0, r, its)
+        plan = LQRGains(Kq, du, g.free, g.ok & ((its > 0) | small[r]), g.pivot, g.Quu, g.lam,
+                        g.gu)
+        res = _line_search(dynamics, cost, pr if every else pr.take(r), xs[r], us[r], Js[r],
+                           plan, alphas, cfg, dxq)
+        step = res if every else step.merge(res, r)
     # exact reduced Hessian indefinite (a saddle, or near one: a hanging pendulum): also try
     # the direction of negative curvature, and keep whichever step lowers J more. Regularized
     # Newton alone creeps there (its step is tiny where the gradient is).
@@ -497,6 +513,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         # Hessian on the free controls, Newton step below tolerance (docs/solver.md)
         cert = nws & small & gains.ok & (gains.pivot > 0) & (mus <= 1e-3 * gains.pivot)
         cert = cert & (cfg.tol > 0)
+        if gains.boxed is not None:  # (m = 1) a step clamped per step: not the projected one
+            cert = cert & ~gains.boxed
         # 4. the step; a certified sample still takes its last (tiny) Newton step when it is
         # accepted: the fixed point, hence the implicit gradient, is then exact to O(tol^2)
         step, inner = _step(dynamics, cost, pr, xs, us, Js, nws, gains, model, small, alphas,

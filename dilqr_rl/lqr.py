@@ -52,6 +52,8 @@ class LQRGains:
     :ivar lam: ``(B, T+1, n)`` costates ``lam_T = cT``, ``lam_t = c_x + F_x^T lam_{t+1}`` (only
         with ``at_lower`` / ``at_upper`` or ``costates=True``, else ``None``)
     :ivar gu: ``(B, T, m)`` the gradient ``c_u + F_u^T lam_{t+1}`` (as ``lam``)
+    :ivar boxed: ``(B,)`` bool, with ``box_lower`` / ``box_upper`` (``m = 1``): a free control's
+        step was clamped to the box at some step (``None`` otherwise)
     """
 
     K: Tensor
@@ -62,11 +64,13 @@ class LQRGains:
     Quu: Tensor
     lam: Tensor | None = None
     gu: Tensor | None = None
+    boxed: Tensor | None = None
 
     def take(self, idx: Tensor) -> LQRGains:
         """The gains of the samples ``idx (b,)``."""
         return LQRGains(*(None if v is None else v[idx] for v in (
-            self.K, self.k, self.free, self.ok, self.pivot, self.Quu, self.lam, self.gu)))
+            self.K, self.k, self.free, self.ok, self.pivot, self.Quu, self.lam, self.gu,
+            self.boxed)))
 
 
 def _masked(H: Tensor, M: Tensor) -> Tensor:
@@ -137,7 +141,8 @@ def _pivots(Ld: Tensor, free: Tensor, pd: Tensor, mu: Tensor | None) -> Tensor:
 def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
                  f: Tensor | None = None, mu: Tensor | None = None,
                  free: Tensor | None = None, at_lower: Tensor | None = None,
-                 at_upper: Tensor | None = None, costates: bool = False) -> LQRGains:
+                 at_upper: Tensor | None = None, costates: bool = False,
+                 box_lower: Tensor | None = None, box_upper: Tensor | None = None) -> LQRGains:
     """Riccati pass of the LQR, with a held set given (``free``) or found from the costates.
 
     :param F: ``(B, T, n, n+m)``; :param C: ``(B, T, n+m, n+m)``; :param c: ``(B, T, n+m)``
@@ -150,6 +155,9 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         and ``f`` ``None`` (the costates are those of the linearization)
     :param at_upper: ``(B, T, m)`` bool, controls on their upper bound
     :param costates: return ``lam`` and ``gu`` even without bounds
+    :param box_lower: ``(B, T, 1)``, with ``box_upper``, ``m = 1`` only: bounds on the step
+        ``k``; a free control whose step leaves them is clamped there, its gain row zero (the
+        closed-form box QP of box-DDP, Tassa et al. 2014, on top of the held set)
     :return: :class:`LQRGains`
     """
     B, T, n, nz = F.shape
@@ -159,10 +167,13 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
     project = at_lower is not None
     if project and f is not None:
         raise ValueError("the projected pass works in deviation coordinates (f must be None)")
+    if box_lower is not None and m != 1:
+        raise ValueError("box_lower / box_upper (a closed-form box QP per step) need m = 1")
     if m == 1:
         fast = _riccati_scalar_batch_last if F.device.type == "cpu" and \
             B >= BATCH_LAST_MIN_B else _riccati_scalar
-        return fast(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, costates or project)
+        return fast(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, costates or project,
+                    box_lower, box_upper)
     return _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
                               costates or project)
 
@@ -204,8 +215,9 @@ def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_la
                     torch.stack(gu, 1) if with_lam else None)
 
 
-def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | None,
+                    lo: Tensor | None = None, hi: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """One step's control in the scalar Riccati pass, elementwise (any batch layout).
 
     :param Quu: ``Quu``; :param qu: ``qu``; :param mu: regularization added to ``Quu`` or
@@ -214,7 +226,9 @@ def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | N
         ``h != 0``, as the reference pass's LU solve), else 0; ``fr`` (free and stepped);
         ``pd`` (``h > 0`` or held); ``s = fr / h``; ``pivot`` (``Quu`` where free, ``+inf``
         where held). With ``mu``, a free control with ``h <= 0`` gets no step (``pd`` False
-        reports it)
+        reports it). With bounds ``lo``/``hi`` on the step: ``k`` clamped to them, and a
+        clamped control leaves ``fr`` (zero gain); last return: where that happened (or
+        ``None``)
     """
     h = Quu if mu is None else Quu + mu
     pos = h > 0
@@ -228,10 +242,18 @@ def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | N
         use = pos
     hs = torch.where(use, h, 1.0)
     fr = use if free is None else free & use
-    return -qu / hs * fr, fr, pd, fr / hs, piv
+    k = -qu / hs * fr
+    clamped = None
+    if lo is not None:
+        kc = torch.minimum(torch.maximum(k, lo), hi)
+        clamped = fr & (kc != k)
+        fr = fr & ~clamped
+        k = kc
+    return k, fr, pd, fr / hs, piv, clamped
 
 
-def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam) -> LQRGains:
+def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
+                    box_lower=None, box_upper=None) -> LQRGains:
     """Fast path of :func:`lqr_backward` for ``m = 1``: scalar ``Quu``, no LAPACK, and as few
     tensor operations per step as possible (Python overhead dominates these tiny problems).
 
@@ -243,6 +265,9 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam) 
     FT = F.transpose(-1, -2)
     free_t = [None] * T if free is None else list(free.unbind(1))
     bounds = None if at_lower is None else (at_lower.unbind(1), at_upper.unbind(1))
+    box = [(None, None)] * T if box_lower is None else \
+        list(zip(box_lower.unbind(1), box_upper.unbind(1), strict=True))
+    boxed = None
     mu_b = None if mu is None else mu[:, None]
     lam = cT
     outs = [[None] * T for _ in range(8)]  # s, Qux, k, free, Quu, pd, pivot, gu
@@ -264,8 +289,13 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam) 
         q = ct + (FtT @ vv[..., None])[..., 0]
         Qux = Q[:, n:, :n]  # (B, 1, n)
         Quu, qu = Q[:, n:, n], q[:, n:]  # (B, 1)
-        k, fr, pd, sc, piv = _scalar_control(Quu, qu, mu_b, fr_in)  # (B, 1) each
+        k, fr, pd, sc, piv, hit = _scalar_control(Quu, qu, mu_b, fr_in, *box[t])  # (B, 1) each
+        if hit is not None:
+            boxed = hit if boxed is None else boxed | hit
         V = Q[:, :n, :n] + ((sc * (sc * Quu - 2))[..., None] * Qux.transpose(-1, -2)) @ Qux
+        # symmetrized: over long horizons the rounding asymmetry of F^T V F grows through an
+        # unstable open loop until Quu turns negative (measured at T = 500-2000)
+        V = 0.5 * (V + V.transpose(-1, -2))
         v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
         # per-step outputs are combined after the loop (fewer small ops per step)
         for lst, val in zip(outs, (sc, Qux, k, fr_in, Quu, pd, piv, gu), strict=True):
@@ -277,7 +307,8 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam) 
     return LQRGains(K, torch.stack(k, 1), fr, torch.stack(pd, 1).all(1)[:, 0],
                     torch.stack(piv, 1).amin((1, 2)), torch.stack(Quu, 1)[..., None],
                     torch.stack([*lams, cT], 1) if with_lam else None,
-                    torch.stack(gu, 1) if with_lam else None)
+                    torch.stack(gu, 1) if with_lam else None,
+                    None if boxed is None else boxed[:, 0])
 
 
 #: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
@@ -285,7 +316,7 @@ BATCH_LAST_MIN_B = 64
 
 
 def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
-                               with_lam) -> LQRGains:
+                               with_lam, box_lower=None, box_upper=None) -> LQRGains:
     """Fast path: :func:`_riccati_scalar` with the batch as the last, contiguous dimension.
 
     On CPU, ``torch.bmm`` multiplies a batch of tiny matrices one GEMM call at a time (~0.3 us
@@ -305,6 +336,9 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
     lam = v
     free_t = [None] * T if free is None else free[..., 0].t()
     bounds = None if at_lower is None else (at_lower[..., 0].t(), at_upper[..., 0].t())
+    box = [(None, None)] * T if box_lower is None else \
+        list(zip(box_lower[..., 0].t(), box_upper[..., 0].t(), strict=True))
+    boxed = None
     outs = [[None] * T for _ in range(8)]  # K, k, free, Quu, pd, pivot, gu, lam
     for t in range(T - 1, -1, -1):
         Ft = Fl[t]
@@ -322,8 +356,11 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
         Q = Cl[t] + (FTl[t][:, :, None] * VF[None]).sum(1)  # (nz, nz, B)
         q = cl[t] + (Ft * vv[:, None]).sum(0)  # (nz, B)
         Qux, Quu, qu = Q[n, :n], Q[n, n], q[n]  # (n, B), (B,), (B,)
-        k, fr, pd, sc, piv = _scalar_control(Quu, qu, mu, fr_in)  # (B,) each
+        k, fr, pd, sc, piv, hit = _scalar_control(Quu, qu, mu, fr_in, *box[t])  # (B,) each
+        if hit is not None:
+            boxed = hit if boxed is None else boxed | hit
         V = Q[:n, :n] + (sc * (sc * Quu - 2)) * Qux[:, None] * Qux[None, :]
+        V = 0.5 * (V + V.transpose(0, 1))  # symmetrized (see _riccati_scalar)
         v = q[:n] + Qux * (k - sc * (Quu * k + qu))
         for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu, lam), strict=True):
             lst[t] = val
@@ -334,7 +371,7 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
     return LQRGains(K, torch.stack(k, 1)[..., None], fr, torch.stack(pd, 1).all(1),
                     torch.stack(piv, 1).amin(1), torch.stack(Quu, 1)[..., None, None],
                     torch.stack([*lams, cT.t()], 0).permute(2, 0, 1) if with_lam else None,
-                    torch.stack(gu, 1)[..., None] if with_lam else None)
+                    torch.stack(gu, 1)[..., None] if with_lam else None, boxed)
 
 
 def lqr_rollout(F: Tensor, K: Tensor, k: Tensor, x0: Tensor, f: Tensor | None = None

@@ -46,9 +46,11 @@ class LQModel:
         return LQModel(*(None if v is None else v[idx] for v in (
             self.F, self.C, self.c, self.CT, self.cT, self.mu, self.lower, self.upper)))
 
-    def newton(self, du: Tensor, dx: Tensor, free: Tensor | None = None) -> LQRGains:
+    def newton(self, du: Tensor, dx: Tensor, free: Tensor | None = None, box: bool = False
+               ) -> LQRGains:
         """The projected Newton step of the model from ``(dx, du)``: the Riccati pass with the
-        model's gradient there (``C dz + c``) and its held set."""
+        model's gradient there (``C dz + c``) and its held set; ``box`` (``m = 1``): free
+        steps also clamped to the box per step (box-DDP's closed form)."""
         dz = torch.cat([dx[:, :-1], du], -1)
         gz = (self.C @ dz[..., None])[..., 0] + self.c
         if self.mu is not None:  # the proximal term 1/2 mu |du|^2 of the regularization
@@ -59,7 +61,9 @@ class LQModel:
         if self.lower is not None:
             at_lo, at_hi = du <= self.lower, du >= self.upper
         return lqr_backward(self.F, self.C, gz, self.CT, gT, mu=self.mu, free=free,
-                            at_lower=at_lo, at_upper=at_hi, costates=True)
+                            at_lower=at_lo, at_upper=at_hi, costates=True,
+                            box_lower=self.lower - du if box else None,
+                            box_upper=self.upper - du if box else None)
 
     def rollout(self, du: Tensor, dx: Tensor, gains: LQRGains, alphas: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -257,3 +257,29 @@ def test_scalar_fast_paths_match_the_reference_pass(B, variant):
     # the reference reports -inf where a Cholesky failed; the scalar paths the value itself
     torch.testing.assert_close(fast.pivot[fast.ok], ref.pivot[ref.ok], rtol=1e-10, atol=1e-10)
     assert (fast.pivot[~fast.ok] <= 0).all() and (ref.pivot[~ref.ok] == -torch.inf).all()
+
+
+def test_scalar_box_clamp_per_step_is_the_one_dimensional_box_qp():
+    """``box_lower`` / ``box_upper`` (m = 1): every step's control is the minimizer of its
+    scalar QP ``1/2 h k^2 + qu k`` over the box (the unconstrained one clamped), a clamped
+    control has a zero gain row, ``boxed`` says where it happened; both layouts agree."""
+    n, T, B = 3, 6, 80
+    F, f, C, c, CT, cT, x0 = random_lqr(B, T, n, 1, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    lo = -0.2 * torch.rand(B, T, 1, generator=gen, dtype=F64)
+    hi = 0.2 * torch.rand(B, T, 1, generator=gen, dtype=F64)
+    mu = torch.full((B,), 1e-3, dtype=F64)
+    g = dl.lqr_backward(F, C, 5 * c, CT, cT, mu=mu, box_lower=lo, box_upper=hi)
+    g8 = dl.lqr_backward(F[:8], C[:8], 5 * c[:8], CT[:8], cT[:8], mu=mu[:8], box_lower=lo[:8],
+                         box_upper=hi[:8])  # the batch-major layout
+    torch.testing.assert_close(g8.k, g.k[:8], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g8.K, g.K[:8], rtol=1e-12, atol=1e-12)
+    assert torch.equal(g8.boxed, g.boxed[:8])
+    assert ((g.k >= lo) & (g.k <= hi)).all()
+    on_box = (g.k == lo) | (g.k == hi)
+    assert on_box.any() and (~on_box).any() and torch.equal(g.boxed, on_box.any(-1).any(-1))
+    assert (g.K[on_box[..., 0]] == 0).all()
+    with pytest.raises(ValueError, match="m = 1"):
+        F2, _, C2, c2, CT2, cT2, _ = random_lqr(2, T, n, 2, seed=1)
+        dl.lqr_backward(F2, C2, c2, CT2, cT2, box_lower=lo[:2].expand(2, T, 2),
+                        box_upper=hi[:2].expand(2, T, 2))
