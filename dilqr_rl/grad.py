@@ -42,11 +42,38 @@ from .derivatives import derivatives, lagrangian_hessian, stage_params
 from .dynamics import Dynamics
 from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
 from .lqr import costates, lqr_solve
+from .scan import lqr_solve_scan
 
 __all__ = ["fixed_point_vjp", "solve_implicit", "GRAD_MODES"]
 
 
 GRAD_MODES = ("implicit", "last_lqr", "unroll")
+
+
+def use_scan(B: int, T: int, n: int, device: torch.device) -> bool:
+    """Whether the parallel-in-time LQR (:func:`dilqr_rl.scan.lqr_solve_scan`) beats the
+    sequential pass, from benchmarks/long_horizon.py on a 2-core CPU, one thread (crossover
+    T* ~ 10-20 at B = 1, n = 3-5; ~30-50 at B = 32, n = 3; none up to T = 5000 at B = 32,
+    n = 5). The same rule is used on other devices until measured there."""
+    work = B * n * n
+    return (work <= 25 and T >= 20) or (work <= 300 and T >= 50)
+
+
+def _adjoint_lqr(F, H, gz, CT, gT, x0, free):
+    """The adjoint LQR of the implicit gradient (fixed active set): by the associative scan
+    where it is faster (:func:`use_scan`), else sequentially. The scan also keeps the
+    multipliers exact over long horizons (``lam = S x + s`` instead of a backward recursion
+    through an unstable open loop); a scan that cannot run (a singular ``C_uu``) or returns a
+    non-finite value falls back to the sequential pass."""
+    B, T, n = F.shape[0], F.shape[1], F.shape[2]
+    if use_scan(B, T, n, F.device):
+        try:
+            out = lqr_solve_scan(F, H, gz, CT, gT, x0, free=free)
+        except (ValueError, RuntimeError):
+            out = None
+        if out is not None and all(bool(torch.isfinite(v).all()) for v in out):
+            return out
+    return lqr_solve(F, H, gz, CT, gT, x0, free=free)
 
 
 def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
@@ -74,7 +101,7 @@ def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         H = d.C + lagrangian_hessian(dynamics, x[:, :-1], u, theta, lam[:, 1:]) if exact \
             else d.C
         gz = torch.cat([gx[:, :-1], gu], -1)
-        dx, du, dlam = lqr_solve(d.F, H, gz, d.CT, gx[:, -1], torch.zeros_like(x0), free=free)
+        dx, du, dlam = _adjoint_lqr(d.F, H, gz, d.CT, gx[:, -1], torch.zeros_like(x0), free)
     # one VJP of the KKT residual, vector (dz, dlam); z*, lam* are constants here
     with torch.enable_grad():
         x0r = x0.clone().requires_grad_(True)
