@@ -690,26 +690,16 @@ def plot(rows, lq, cp_rows, path):
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-    ax = axes[1, 0]
     top = max(max(r["iterations"]) for r in lq)
-    bins = np.arange(0.5, top + 1.5, 1 if top <= 40 else max(1, top // 40))
-    for r in lq:
-        ax.hist(r["iterations"], bins=bins, histtype="step", lw=1.5,
-                label=f"{r['problem']} (conv {r['converged_fraction']:.2f})")
-    ax.set_xlabel("iterations to convergence (default tol)")
-    ax.set_ylabel("samples")
-    ax.set_title("DiLQR iterations, random box-constrained LQ (T=20)", fontsize=10)
-    ax.legend(fontsize=7)
-    ax = axes[1, 1]
+    _iteration_hist(axes[1, 0], lq, np.arange(0.5, top + 1.5, 1 if top <= 40 else
+                                                max(1, top // 40)),
+                    lambda r: f"{r['problem']} (conv {r['converged_fraction']:.2f})",
+                    "iterations to convergence (default tol)",
+                    "DiLQR iterations, random box-constrained LQ (T=20)", 7)
     top = max(max(r["iterations"]) for r in cp_rows)
-    bins = np.linspace(0, top + 1, 31)
-    for r in cp_rows:
-        ax.hist(r["iterations"], bins=bins, histtype="step", lw=1.5,
-                label=f"max_iter={r['max_iter']} (conv {r['converged_fraction']:.2f})")
-    ax.set_xlabel("iterations")
-    ax.set_ylabel("samples")
-    ax.set_title("DiLQR iterations, cart-pole swing-up (B=32, T=30)", fontsize=10)
-    ax.legend(fontsize=8)
+    _iteration_hist(axes[1, 1], cp_rows, np.linspace(0, top + 1, 31),
+                    lambda r: f"max_iter={r['max_iter']} (conv {r['converged_fraction']:.2f})",
+                    "iterations", "DiLQR iterations, cart-pole swing-up (B=32, T=30)", 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -717,3 +707,13 @@ def plot(rows, lq, cp_rows, path):
 
 if __name__ == "__main__":
     main()
+
+
+def _iteration_hist(ax, rows, bins, label, xlabel: str, title: str, fontsize: int) -> None:
+    """One panel of iteration-count histograms, a step outline per row."""
+    for r in rows:
+        ax.hist(r["iterations"], bins=bins, histtype="step", lw=1.5, label=label(r))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=fontsize)
