@@ -311,7 +311,8 @@ def _negative_curvature(gains: LQRGains) -> tuple[Tensor, Tensor]:
 
 def _escape(dynamics, cost, pr, x, u, J, gains, alphas) -> _Step:
     """At a saddle: move along ``+-`` the negative-curvature direction, step sizes
-    ``alphas * (1 + max|u|)``, and take the candidate with the lowest cost if it is lower."""
+    ``alphas * (1 + max|u|)`` (the solver passes the four largest), and take the candidate
+    with the lowest cost if it is lower."""
     K, k = _negative_curvature(gains)
     scale = (1 + u.abs().amax((1, 2)))[:, None, None]
     signed = torch.cat([alphas, -alphas])
@@ -427,10 +428,14 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
     # exact reduced Hessian indefinite (a saddle, or near one: a hanging pendulum): also try
     # the direction of negative curvature, and keep whichever step lowers J more. Regularized
     # Newton alone creeps there (its step is tiny where the gradient is).
-    indef = nws & ~(gains.pivot > 0)
+    # Only where the Newton step failed or barely moved J (creeping): elsewhere it is cheaper
+    # to let the regularized step work than to roll out 2 n_alpha more candidates.
+    creep = ~step.accepted | (Js - step.J <= cfg.newton_tol * (1 + Js.abs()))
+    indef = nws & ~(gains.pivot > 0) & creep
     if bool(indef.any()):
         r = torch.nonzero(indef)[:, 0]
-        esc = _escape(dynamics, cost, pr.take(r), xs[r], us[r], Js[r], gains.take(r), alphas)
+        esc = _escape(dynamics, cost, pr.take(r), xs[r], us[r], Js[r], gains.take(r),
+                      alphas[:4])
         esc.accepted = esc.accepted & (~step.accepted[r] | (esc.J < step.J[r]))
         step = step.merge(esc, r)
     return step, inner
