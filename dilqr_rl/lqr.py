@@ -54,6 +54,9 @@ class LQRGains:
     :ivar gu: ``(B, T, m)`` the gradient ``c_u + F_u^T lam_{t+1}`` (as ``lam``)
     :ivar boxed: ``(B,)`` bool, with ``box_lower`` / ``box_upper`` (``m = 1``): a free control's
         step was clamped to the box at some step (``None`` otherwise)
+    :ivar V: ``(B, T+1, n, n)``, :ivar v: ``(B, T+1, n)``: the value functions
+        ``V_t(x) = 1/2 x^T V_t x + v_t^T x + const`` of the LQR (``V_T = CT``, ``v_T = cT``);
+        the multipliers of its solution are ``lam_t = V_t x_t + v_t``
     """
 
     K: Tensor
@@ -65,12 +68,14 @@ class LQRGains:
     lam: Tensor | None = None
     gu: Tensor | None = None
     boxed: Tensor | None = None
+    V: Tensor | None = None
+    v: Tensor | None = None
 
     def take(self, idx: Tensor) -> LQRGains:
         """The gains of the samples ``idx (b,)``."""
         return LQRGains(*(None if v is None else v[idx] for v in (
             self.K, self.k, self.free, self.ok, self.pivot, self.Quu, self.lam, self.gu,
-            self.boxed)))
+            self.boxed, self.V, self.v)))
 
 
 def _masked(H: Tensor, M: Tensor) -> Tensor:
@@ -187,7 +192,7 @@ def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_la
     m = nz - n
     V, v = CT, cT
     lam = cT
-    out = [[None] * T for _ in range(7)]  # K, k, free, pd, pivot, Quu, gu
+    out = [[None] * T for _ in range(9)]  # K, k, free, pd, pivot, Quu, gu, V, v
     lams = [None] * T
     all_free = torch.ones(B, m, dtype=torch.bool, device=F.device)
     mu_eye = None if mu is None else mu[:, None, None] * torch.eye(m, dtype=F.dtype,
@@ -205,14 +210,15 @@ def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_la
                 fr = fr & ~_held(gu, at_lower[:, t], at_upper[:, t])
         V, v, K, k, pd, Ld, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
                                                 None if f is None else f[:, t], mu, mu_eye, fr)
-        for lst, val in zip(out, (K, k, fr, pd, Ld, Quu, gu), strict=True):
+        for lst, val in zip(out, (K, k, fr, pd, Ld, Quu, gu, V, v), strict=True):
             lst[t] = val
-    K, k, fr, pd, Ld, Quu, gu = out
+    K, k, fr, pd, Ld, Quu, gu, Vs, vs = out
     fr, pd = torch.stack(fr, 1), torch.stack(pd, 1)
     return LQRGains(torch.stack(K, 1), torch.stack(k, 1), fr, pd.all(1),
                     _pivots(torch.stack(Ld, 1), fr, pd, mu), torch.stack(Quu, 1),
                     torch.stack([*lams, cT], 1) if with_lam else None,
-                    torch.stack(gu, 1) if with_lam else None)
+                    torch.stack(gu, 1) if with_lam else None, None,
+                    torch.stack([*Vs, CT], 1), torch.stack([*vs, cT], 1))
 
 
 def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | None,
@@ -270,7 +276,7 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
     boxed = None
     mu_b = None if mu is None else mu[:, None]
     lam = cT
-    outs = [[None] * T for _ in range(8)]  # s, Qux, k, free, Quu, pd, pivot, gu
+    outs = [[None] * T for _ in range(10)]  # s, Qux, k, free, Quu, pd, pivot, gu, V, v
     lams = [None] * T
     for t in range(T - 1, -1, -1):
         FtT = FT[:, t]
@@ -298,9 +304,9 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
         V = 0.5 * (V + V.transpose(-1, -2))
         v = q[:, :n] + Qux[:, 0] * (k - sc * (Quu * k + qu))
         # per-step outputs are combined after the loop (fewer small ops per step)
-        for lst, val in zip(outs, (sc, Qux, k, fr_in, Quu, pd, piv, gu), strict=True):
+        for lst, val in zip(outs, (sc, Qux, k, fr_in, Quu, pd, piv, gu, V, v), strict=True):
             lst[t] = val
-    sc, Qux, k, fr, Quu, pd, piv, gu = outs
+    sc, Qux, k, fr, Quu, pd, piv, gu, Vs, vs = outs
     K = -torch.stack(sc, 1)[..., None] * torch.stack(Qux, 1)
     fr = torch.ones(B, T, 1, dtype=torch.bool, device=F.device) if fr[0] is None else \
         torch.stack(fr, 1)
@@ -308,7 +314,8 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
                     torch.stack(piv, 1).amin((1, 2)), torch.stack(Quu, 1)[..., None],
                     torch.stack([*lams, cT], 1) if with_lam else None,
                     torch.stack(gu, 1) if with_lam else None,
-                    None if boxed is None else boxed[:, 0])
+                    None if boxed is None else boxed[:, 0],
+                    torch.stack([*Vs, CT], 1), torch.stack([*vs, cT], 1))
 
 
 #: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
@@ -339,7 +346,7 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
     box = [(None, None)] * T if box_lower is None else \
         list(zip(box_lower[..., 0].t(), box_upper[..., 0].t(), strict=True))
     boxed = None
-    outs = [[None] * T for _ in range(8)]  # K, k, free, Quu, pd, pivot, gu, lam
+    outs = [[None] * T for _ in range(10)]  # K, k, free, Quu, pd, pivot, gu, lam, V, v
     for t in range(T - 1, -1, -1):
         Ft = Fl[t]
         fr_in = free_t[t]
@@ -362,16 +369,19 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
         V = Q[:n, :n] + (sc * (sc * Quu - 2)) * Qux[:, None] * Qux[None, :]
         V = 0.5 * (V + V.transpose(0, 1))  # symmetrized (see _riccati_scalar)
         v = q[:n] + Qux * (k - sc * (Quu * k + qu))
-        for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu, lam), strict=True):
+        for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu, lam, V, v),
+                            strict=True):
             lst[t] = val
-    K, k, fr, Quu, pd, piv, gu, lams = outs
+    K, k, fr, Quu, pd, piv, gu, lams, Vs, vs = outs
     K = torch.stack(K, 0).permute(2, 0, 1)[:, :, None, :]  # (B, T, 1, n)
     fr = torch.ones(B, T, 1, dtype=torch.bool, device=F.device) if fr[0] is None else \
         torch.stack(fr, 1)[..., None]
     return LQRGains(K, torch.stack(k, 1)[..., None], fr, torch.stack(pd, 1).all(1),
                     torch.stack(piv, 1).amin(1), torch.stack(Quu, 1)[..., None, None],
                     torch.stack([*lams, cT.t()], 0).permute(2, 0, 1) if with_lam else None,
-                    torch.stack(gu, 1)[..., None] if with_lam else None, boxed)
+                    torch.stack(gu, 1)[..., None] if with_lam else None, boxed,
+                    torch.stack([*Vs, CT.permute(1, 2, 0)], 0).permute(3, 0, 1, 2),
+                    torch.stack([*vs, cT.t()], 0).permute(2, 0, 1))
 
 
 def lqr_rollout(F: Tensor, K: Tensor, k: Tensor, x0: Tensor, f: Tensor | None = None
@@ -405,13 +415,15 @@ def lqr_solve(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, x0: Tenso
     ``J + sum_t lam_{t+1}^T (F_t z_t + f_t - x_{t+1}) + lam_0^T (x0 - x_0)``, from the costate
     recursion ``lam_T = C_T x_T + c_T``, ``lam_t = [C_t z_t + c_t]_x + F_{x,t}^T lam_{t+1}``.
 
+    They equal the gradients of the value functions, ``lam_t = V_t x_t + v_t``.
+
     :return: ``x (B, T+1, n)``, ``u (B, T, m)``, ``lam (B, T+1, n)``
     """
     gains = lqr_backward(F, C, c, CT, cT, f=f, free=free)
     x, u = lqr_rollout(F, gains.K, gains.k, x0, f)
-    z = torch.cat([x[:, :-1], u], -1)
-    gz = (C @ z[..., None])[..., 0] + c
-    lam = costates(F, gz, (CT @ x[:, -1, :, None])[..., 0] + cT)
+    # lam_t = grad V_t(x_t): no third loop, and no backward recursion through the open loop
+    # (whose rounding errors grow like it: 8e6 at T = 500 with one unstable mode, measured)
+    lam = (gains.V @ x[..., None])[..., 0] + gains.v
     return x, u, lam
 
 
