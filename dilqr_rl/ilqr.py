@@ -417,7 +417,8 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
         mdl, g = (model, gains) if every else (model.take(r), gains.take(r))
         if g.boxed is not None:  # start from the projected step without the per-step clamp
             g = mdl.newton(torch.zeros_like(us[r]), torch.zeros_like(xs[r]))
-        du, dxq, Kq, its = solve_qp(mdl, g, us[r], alphas, cfg.tol or ILQRConfig.tol,
+        du, dxq, Kq, its = solve_qp(mdl, g, us[r], alphas, _step_tol(cfg.tol or ILQRConfig.tol,
+                                                                      us.dtype),
                                     cfg.armijo, cfg.qp_iters)
         inner = inner.index_copy(0, r, its)
         plan = LQRGains(Kq, du, g.free, g.ok & ((its > 0) | small[r]), g.pivot, g.Quu, g.lam,
@@ -476,6 +477,12 @@ def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
                     history=torch.stack(hist, 1).detach() if hist else None)
 
 
+def _step_tol(tol: float, dtype: torch.dtype) -> float:
+    """The relative step tolerance, floored at what the dtype resolves (64 eps: 7.6e-6 in
+    float32, where 1e-7 is below rounding and would never be reached); 0 stays 0."""
+    return 0.0 if tol == 0 else max(tol, 64 * torch.finfo(dtype).eps)
+
+
 def _nonfinite_message(finite: Tensor, iterations: Tensor) -> str:
     bad = torch.nonzero(~finite)[:, 0].tolist()
     return (f"the Newton step is not finite for samples {bad[:8]} (iteration "
@@ -513,7 +520,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                                 for v in (st.x, st.u, st.J, st.mu, st.newton))
         # 1-2. derivatives and the projected Newton step
         gains, model = _newton_step(dynamics, cost, pr, xs, us, nws, any_exact, mus)
-        small = gains.k.abs().amax((1, 2)) <= cfg.tol * (1 + us.abs().amax((1, 2)))
+        small = gains.k.abs().amax((1, 2)) <= _step_tol(cfg.tol, us.dtype) * (
+            1 + us.abs().amax((1, 2)))
         # 3. certified: exact Hessian, negligible regularization, positive definite reduced
         # Hessian on the free controls, Newton step below tolerance (docs/solver.md)
         cert = nws & small & gains.ok & (gains.pivot > 0) & (mus <= 1e-3 * gains.pivot)
