@@ -54,7 +54,8 @@ class ILQRConfig:
     :param max_iter: iteration cap
     :param tol: relative step tolerance: a sample converges when its exact-Hessian Newton step
         moves no control by more than ``tol * (1 + max|u|)`` and the reduced Hessian is
-        positive definite (docs/solver.md). ``0`` never declares convergence, so exactly
+        positive definite (docs/solver.md); floored at ``64 eps`` of the dtype (``7.6e-6`` in
+        float32). ``0`` never declares convergence, so exactly
         ``max_iter`` iterations run (benchmarks compare at equal iteration counts this way).
     :param mu_init: initial Levenberg-Marquardt regularization of ``Quu``
     :param mu_min: regularization floor (the regularization decays towards it on success)
