@@ -36,7 +36,7 @@ from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, linearize, projected_gradient, take_theta
 from .dynamics import Dynamics
 from .lqr import LQRGains, costates
-from .qp import LQModel, clamp, solve_qp
+from .qp import LQModel, armijo_accept, clamp, rounding, solve_qp
 
 
 class NonFiniteError(ValueError):
@@ -245,17 +245,12 @@ class _Step:
 
 
 def _armijo(dynamics, cost, pr, x, u, J, gains: LQRGains, alphas, armijo, dx=None) -> _Step:
-    """Roll out the step sizes ``alphas`` and pick per sample the largest acceptable one:
-    a decrease of at least ``armijo`` times the first-order prediction ``gu . (u_a - u)``
-    (the true gradient, so the clamping in the rollout is accounted for); once that prediction
-    is below rounding, a step that does not increase ``J`` beyond rounding (otherwise the
-    search stalls near 1e-8 in ``u`` and the fixed point, hence the gradient, is inexact)."""
+    """Roll out the step sizes ``alphas`` and pick per sample the largest one that passes
+    :func:`dilqr_rl.qp.armijo_accept` against the first-order prediction ``gu . (u_a - u)``
+    (the true gradient, so the clamping in the rollout is accounted for)."""
     X, U, Ja = _rollout_policy(dynamics, cost, pr, x, u, gains.K, gains.k, alphas, dx)
     pred = (gains.gu * (U - u)).sum((2, 3))
-    actual = Ja - J
-    tiny = 100 * torch.finfo(J.dtype).eps * (1 + J.abs())
-    ok = ((actual <= armijo * pred) & (pred < 0)) | ((pred.abs() <= tiny) & (actual <= tiny))
-    ok = ok & gains.ok & torch.isfinite(Ja)
+    ok = armijo_accept(Ja, J, pred, armijo) & gains.ok & torch.isfinite(Ja)
     first = torch.argmax(ok.to(torch.int8), 0)
     ar = torch.arange(u.shape[0], device=u.device)
     accepted = ok.any(0)
@@ -322,7 +317,7 @@ def _escape(dynamics, cost, pr, x, u, J, gains, alphas) -> _Step:
     best = torch.argmin(Ja, 0)
     ar = torch.arange(u.shape[0], device=u.device)
     Jb = Ja[best, ar]
-    accepted = Jb < J - 100 * torch.finfo(J.dtype).eps * (1 + J.abs())
+    accepted = Jb < J - rounding(J)
     return _Step(accepted, torch.where(accepted, signed[best].abs(), 0.0), X[best, ar],
                  U[best, ar], Jb)
 

@@ -22,6 +22,25 @@ from .lqr import LQRGains, lqr_backward
 __all__ = ["LQModel", "solve_qp"]
 
 
+def rounding(J: Tensor) -> Tensor:
+    """The rounding level of a cost ``J``: ``100 eps (1 + |J|)``, same shape."""
+    return 100 * torch.finfo(J.dtype).eps * (1 + J.abs())
+
+
+def armijo_accept(J_new: Tensor, J: Tensor, pred: Tensor, armijo: float) -> Tensor:
+    """The acceptance test of every line search (true dynamics or model): a decrease of at
+    least ``armijo`` times the first-order prediction ``pred`` (< 0); once that prediction is
+    below rounding, a step that does not increase ``J`` beyond rounding (otherwise the search
+    stalls near 1e-8 in ``u`` and the fixed point, hence the gradient, is inexact).
+
+    :param J_new: ``(A, b)`` costs of the candidates; :param J: ``(b,)``; :param pred: ``(A, b)``
+    :return: ``(A, b)`` bool
+    """
+    tiny = rounding(J)
+    actual = J_new - J
+    return ((actual <= armijo * pred) & (pred < 0)) | ((pred.abs() <= tiny) & (actual <= tiny))
+
+
 def clamp(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
     """``u`` clamped to ``[lower, upper]`` (no bounds: ``u``)."""
     return u if lower is None else torch.minimum(torch.maximum(u, lower), upper)
@@ -104,9 +123,7 @@ def model_search(mdl: LQModel, du: Tensor, dx: Tensor, q: Tensor, g: LQRGains,
     the full step (``alphas[0]``) was taken ``(b,)``."""
     dX, dU, Qa = mdl.rollout(du, dx, g, alphas)
     pred = (g.gu * (dU - du)).sum((2, 3))
-    tiny = 100 * torch.finfo(q.dtype).eps * (1 + q.abs())
-    ok = ((Qa - q <= armijo * pred) & (pred < 0)) | ((pred.abs() <= tiny) & (Qa - q <= tiny))
-    ok = ok & g.ok & (pred < 0)
+    ok = armijo_accept(Qa, q, pred, armijo) & g.ok & (pred < 0)
     acc = ok.any(0)
     first = torch.argmax(ok.to(torch.int8), 0)
     ar = torch.arange(du.shape[0], device=du.device)
