@@ -36,7 +36,7 @@ from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, linearize, projected_gradient, take_theta
 from .dynamics import Dynamics
 from .lqr import LQRGains, costates
-from .qp import LQModel, armijo_accept, clamp, rounding, solve_qp
+from .qp import LQModel, armijo_accept, clamp, closed_loop, rounding, solve_qp
 
 
 class NonFiniteError(ValueError):
@@ -204,22 +204,18 @@ def _rollout_policy(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: 
     """
     A, (b, T, m) = alphas.shape[0], u.shape
     n = x.shape[-1]
-    xa = pr.x0.unsqueeze(0).expand(A, b, n).reshape(A * b, n)
     th = pr.theta if pr.theta.dim() == 1 else pr.theta.repeat(A, 1)
     ff = u + alphas[:, None, None, None] * k  # (A, b, T, m): every step size's feed-forward
     xr = x if dx is None else x + alphas[:, None, None, None] * dx  # (A, b, T+1, n) or x
-    xs, us = [xa], []
-    for t in range(T):
-        ua = ff[:, :, t] + (K[:, t] @ (xa.reshape(A, b, n) - xr[..., t, :])[..., None])[..., 0]
-        ua = clamp(ua, None if pr.lower is None else pr.lower[:, t],
-                    None if pr.upper is None else pr.upper[:, t]).reshape(A * b, m)
-        xa = dynamics.step(xa, ua, th)
-        xs.append(xa)
-        us.append(ua)
-    X = torch.stack(xs, 1)
-    U = torch.stack(us, 1)
+
+    def step(t: int, xa: Tensor, ua: Tensor) -> Tensor:
+        return dynamics.step(xa.reshape(A * b, n), ua.reshape(A * b, m), th).reshape(A, b, n)
+
+    X, U = closed_loop(pr.x0.unsqueeze(0).expand(A, b, n), ff, K, xr, pr.lower, pr.upper,
+                       step)
     P = {key: v.repeat(A, *([1] * (v.dim() - 1))) for key, v in pr.P.items()}
-    return X.reshape(A, b, T + 1, n), U.reshape(A, b, T, m), cost.total(X, U, P).reshape(A, b)
+    return X, U, cost.total(X.reshape(A * b, T + 1, n), U.reshape(A * b, T, m),
+                            P).reshape(A, b)
 
 
 @dataclass

@@ -12,6 +12,7 @@ LQ problem is solved in a single outer iteration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from .lqr import LQRGains, lqr_backward
 
-__all__ = ["LQModel", "solve_qp"]
+__all__ = ["LQModel", "solve_qp", "closed_loop", "armijo_accept"]
 
 
 def rounding(J: Tensor) -> Tensor:
@@ -44,6 +45,29 @@ def armijo_accept(J_new: Tensor, J: Tensor, pred: Tensor, armijo: float) -> Tens
 def clamp(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
     """``u`` clamped to ``[lower, upper]`` (no bounds: ``u``)."""
     return u if lower is None else torch.minimum(torch.maximum(u, lower), upper)
+
+
+def closed_loop(x0: Tensor, ff: Tensor, K: Tensor, xr: Tensor, lower: Tensor | None,
+                upper: Tensor | None, step: Callable[[int, Tensor, Tensor], Tensor]
+                ) -> tuple[Tensor, Tensor]:
+    """Roll out ``u_t = clamp(ff_t + K_t (x_t - xr_t))`` for ``A`` step sizes at once (paper
+    eq. 5): the line search's rollout, on the true dynamics or on the LQ model.
+
+    :param x0: ``(A, b, n)``; :param ff: ``(A, b, T, m)`` feed-forward of every step size
+    :param K: ``(b, T, m, n)``; :param xr: reference states ``(b, T+1, n)`` or
+        ``(A, b, T+1, n)``; :param lower: ``(b, T, m)`` or ``None``; :param upper: as ``lower``
+    :param step: ``step(t, x (A, b, n), u (A, b, m)) -> x_{t+1} (A, b, n)``
+    :return: ``X (A, b, T+1, n)``, ``U (A, b, T, m)``
+    """
+    xa, xs, us = x0, [x0], []
+    for t in range(ff.shape[2]):
+        ua = ff[:, :, t] + (K[:, t] @ (xa - xr[..., t, :])[..., None])[..., 0]
+        ua = clamp(ua, None if lower is None else lower[:, t],
+                   None if upper is None else upper[:, t])
+        xa = step(t, xa, ua)
+        xs.append(xa)
+        us.append(ua)
+    return torch.stack(xs, 2), torch.stack(us, 2)
 
 
 @dataclass
@@ -88,19 +112,14 @@ class LQModel:
                 ) -> tuple[Tensor, Tensor, Tensor]:
         """The model's version of :func:`_rollout_policy`: ``(dX (A, b, T+1, n),
         dU (A, b, T, m), value (A, b))``."""
-        A = alphas.shape[0]
-        b, T, m = du.shape
+        A, b = alphas.shape[0], du.shape[0]
         ff = du + alphas[:, None, None, None] * gains.k
-        xa = torch.zeros_like(dx[None, :, 0]).expand(A, b, dx.shape[-1])
-        xs, us = [xa], []
-        for t in range(T):
-            ua = ff[:, :, t] + (gains.K[:, t] @ (xa - dx[:, t])[..., None])[..., 0]
-            ua = clamp(ua, None if self.lower is None else self.lower[:, t],
-                       None if self.upper is None else self.upper[:, t])
-            xa = (self.F[:, t] @ torch.cat([xa, ua], -1)[..., None])[..., 0]
-            xs.append(xa)
-            us.append(ua)
-        dX, dU = torch.stack(xs, 2), torch.stack(us, 2)
+        x0 = torch.zeros_like(dx[None, :, 0]).expand(A, b, dx.shape[-1])
+
+        def step(t: int, x: Tensor, u: Tensor) -> Tensor:
+            return (self.F[:, t] @ torch.cat([x, u], -1)[..., None])[..., 0]
+
+        dX, dU = closed_loop(x0, ff, gains.K, dx, self.lower, self.upper, step)
         return dX, dU, self.value(dX, dU)
 
     def value(self, dX: Tensor, dU: Tensor) -> Tensor:
