@@ -9,7 +9,7 @@ with n = 8, m = 4, the quantities iLQR and its implicit gradient need:
 
 Routes:
 
-- ``rows``: ``dilqr_rl.dynamics.jacobian_rows`` / ``hessian_rows``, one batched reverse pass per
+- ``rows``: ``dilqr_rl.models.jacobian_rows`` / ``hessian_rows``, one batched reverse pass per
   output row over all pairs at once (``hessian_rows``: one gradient with graph, then one
   reverse pass per coordinate);
 - ``library``: ``Dynamics.jacobians`` / ``Dynamics.weighted_hessian`` as they are in the
@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from general_models import LinearModel, code_version, finite_json  # noqa: E402
 
 try:  # the batched reverse-pass helpers (absent if the solver core drops them)
-    from dilqr_rl.dynamics import hessian_rows, jacobian_rows
+    from dilqr_rl.models import hessian_rows, jacobian_rows
 except ImportError:  # pragma: no cover
     jacobian_rows = hessian_rows = None
 

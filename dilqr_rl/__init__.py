@@ -8,18 +8,20 @@ The core imports only torch and numpy; ``dilqr_rl.envs`` (Gymnasium) and ``dilqr
 (Stable-Baselines3) are imported where used.
 """
 
+from . import models, tasks  # noqa: E402  (tasks build on the layer)
 from .cost import Cost, FunctionCost, QuadraticCost
-from .dynamics import CartPole, Dynamics, Pendulum, Rocket
 from .grad import fixed_point_vjp
 from .ilqr import ILQRConfig, Solution, ilqr_solve, rollout
 from .layer import DiLQR, NonFiniteError, NotConvergedError, UnconvergedWarning
 from .lqr import lqr_backward, lqr_rollout, lqr_solve
+from .models import CartPole, Dynamics, Pendulum, Rocket
 
 __all__ = [
     "CartPole", "Cost", "DiLQR", "Dynamics", "FunctionCost", "ILQRConfig", "NonFiniteError",
     "NotConvergedError",
     "Pendulum", "QuadraticCost", "Rocket", "Solution", "fixed_point_vjp",
-    "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "rollout", "UnconvergedWarning",
+    "ilqr_solve", "lqr_backward", "lqr_rollout", "lqr_solve", "models", "rollout", "tasks",
+    "UnconvergedWarning",
 ]
 __version__ = "0.1.0"
 

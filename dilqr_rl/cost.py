@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .dynamics import hessian_rows
+from .models import hessian_rows
 
 __all__ = ["Cost", "QuadraticCost", "FunctionCost"]
 

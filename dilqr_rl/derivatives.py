@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .cost import Cost, _pshape
-from .dynamics import Dynamics
+from .models import Dynamics
 
 __all__ = ["Derivatives", "linearize", "lagrangian_hessian", "derivatives", "per_pair",
            "stage_params", "take_theta", "projected_gradient"]

@@ -39,9 +39,9 @@ from torch import Tensor
 
 from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, stage_params
-from .dynamics import Dynamics
 from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
 from .lqr import costates, lqr_solve
+from .models import Dynamics
 from .scan import lqr_solve_scan
 
 __all__ = ["fixed_point_vjp", "solve_implicit", "GRAD_MODES"]

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, linearize, projected_gradient, take_theta
-from .dynamics import Dynamics
 from .lqr import LQRGains, costates
+from .models import Dynamics
 from .qp import LQModel, armijo_accept, clamp, closed_loop, rounding, solve_qp
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from .cost import Cost, QuadraticCost
-from .dynamics import Dynamics
 from .grad import GRAD_MODES, solve_implicit
 from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
+from .models import Dynamics
 
 __all__ = ["DiLQR", "NonFiniteError", "NotConvergedError", "UnconvergedWarning"]
 

@@ -2,15 +2,19 @@
 
 Importing this package registers, in the ``dilqr_rl/`` namespace:
 
-============================== ============================================== ==============
-id                             true system                                    episode limit
-============================== ============================================== ==============
-``dilqr_rl/Pendulum-v0``       :class:`dilqr_rl.Pendulum` (Pendulum-v1 task)  200 steps
-``dilqr_rl/CartPole-v0``       :class:`dilqr_rl.CartPole` (swing-up)          100 steps
-``dilqr_rl/Rocket-v0``         :class:`dilqr_rl.Rocket` (6-DoF landing)       100 steps
-``dilqr_rl/MujocoPendulum-v0`` MuJoCo pendulum (same task)                    200 steps
-``dilqr_rl/MujocoCartPole-v0`` MuJoCo cart-pole (same task)                   100 steps
-============================== ============================================== ==============
+============================== ============================================== ==========
+id                             true system                                    task
+============================== ============================================== ==========
+``dilqr_rl/Pendulum-v0``       :class:`dilqr_rl.Pendulum` (Pendulum-v1 task)  pendulum
+``dilqr_rl/CartPole-v0``       :class:`dilqr_rl.CartPole` (swing-up)          cartpole
+``dilqr_rl/Rocket-v0``         :class:`dilqr_rl.Rocket` (6-DoF landing)       rocket
+``dilqr_rl/MujocoPendulum-v0`` MuJoCo pendulum (same task)                    pendulum
+``dilqr_rl/MujocoCartPole-v0`` MuJoCo cart-pole (same task)                   cartpole
+============================== ============================================== ==========
+
+Each env reads its system from its :mod:`dilqr_rl.tasks` task (parameters, ``dt``, bounds,
+reward, start distribution, time limit ``episode_steps``). A task registered with
+:func:`dilqr_rl.tasks.register` gets its id served by the generic :class:`DynamicsEnv`.
 
 True parameters are keyword arguments (``gymnasium.make("dilqr_rl/Pendulum-v0", m=1.3)``);
 ``randomize={"m": (0.8, 1.2)}`` draws them per episode. ``gymnasium.make(
@@ -23,25 +27,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import gymnasium as gym
+from dilqr_rl.tasks import register_env
 
 __all__ = [
-    "CartPoleEnv", "ENV_IDS", "MujocoCartPoleEnv", "MujocoPendulumEnv", "PendulumEnv",
-    "RenderError", "RocketEnv", "record_episode", "register_envs", "save_video",
+    "CartPoleEnv", "DynamicsEnv", "ENV_IDS", "MujocoCartPoleEnv", "MujocoPendulumEnv",
+    "PendulumEnv", "RenderError", "RocketEnv", "record_episode", "register_envs", "save_video",
 ]
 
-#: id -> (entry point, max_episode_steps)
-_SPECS: dict[str, tuple[str, int]] = {
-    "dilqr_rl/Pendulum-v0": ("dilqr_rl.envs.pendulum:PendulumEnv", 200),
-    "dilqr_rl/CartPole-v0": ("dilqr_rl.envs.cartpole:CartPoleEnv", 100),
-    "dilqr_rl/Rocket-v0": ("dilqr_rl.envs.rocket:RocketEnv", 100),
-    "dilqr_rl/MujocoPendulum-v0": ("dilqr_rl.envs.mujoco_pendulum:MujocoPendulumEnv", 200),
-    "dilqr_rl/MujocoCartPole-v0": ("dilqr_rl.envs.mujoco_cartpole:MujocoCartPoleEnv", 100),
+#: id -> (entry point, task name); the time limit is the task's ``episode_steps``
+_SPECS: dict[str, tuple[str, str]] = {
+    "dilqr_rl/Pendulum-v0": ("dilqr_rl.envs.pendulum:PendulumEnv", "pendulum"),
+    "dilqr_rl/CartPole-v0": ("dilqr_rl.envs.cartpole:CartPoleEnv", "cartpole"),
+    "dilqr_rl/Rocket-v0": ("dilqr_rl.envs.rocket:RocketEnv", "rocket"),
+    "dilqr_rl/MujocoPendulum-v0": ("dilqr_rl.envs.mujoco_pendulum:MujocoPendulumEnv", "pendulum"),
+    "dilqr_rl/MujocoCartPole-v0": ("dilqr_rl.envs.mujoco_cartpole:MujocoCartPoleEnv",
+                                   "cartpole"),
 }
 ENV_IDS: tuple[str, ...] = tuple(_SPECS)
 
 _LAZY = {
-    "PendulumEnv": "pendulum", "CartPoleEnv": "cartpole", "RocketEnv": "rocket",
+    "DynamicsEnv": "base", "PendulumEnv": "pendulum", "CartPoleEnv": "cartpole",
+    "RocketEnv": "rocket",
     "MujocoPendulumEnv": "mujoco_pendulum", "MujocoCartPoleEnv": "mujoco_cartpole",
     "RenderError": "rendering", "record_episode": "rendering", "save_video": "rendering",
 }
@@ -49,9 +55,8 @@ _LAZY = {
 
 def register_envs() -> None:
     """Register every id (idempotent; entry points are strings, so nothing is imported)."""
-    for env_id, (entry_point, steps) in _SPECS.items():
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=steps)
+    for env_id, (entry_point, task) in _SPECS.items():
+        register_env(env_id, task, entry_point)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,11 @@
-"""Shared machinery of the environments: true parameters, domain randomization, stepping a
+"""The env of a task: true parameters, domain randomization, stepping a
 :class:`dilqr_rl.Dynamics` module, action scaling and rendering.
 
-A subclass names its dynamics class and parameters, samples initial states, computes the
-task cost and poses its render scene; everything else (validation, seeding, ``info``) is here
-so the three envs behave identically.
+Everything about the system (model, true parameters, ``dt``, bounds, reward, start
+distribution) comes from its :class:`dilqr_rl.tasks.Task`. :class:`DynamicsEnv` serves any
+registered task as is (``DynamicsEnv(task="pendulum")``, or ``gym.make`` of the id of a task
+registered with :func:`dilqr_rl.tasks.register`); a subclass sets ``task`` and adds a
+rendered scene (and, for the rocket, the touchdown), so the envs behave identically.
 
 Actions: the action space is the normalized box ``[-1, 1]^m`` (what Gymnasium's and SB3's
 checkers ask for); the control applied to the system is ``u = u_max * clip(a, -1, 1)``, with
@@ -14,6 +16,7 @@ action space the physical control box instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -23,7 +26,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from dilqr_rl.dynamics import Dynamics
+from dilqr_rl import tasks as _tasks
+from dilqr_rl.models import Dynamics
+from dilqr_rl.tasks import Task
 
 from .rendering import SceneRenderer, check_human_render, display_available
 
@@ -52,42 +57,57 @@ def _positive_int(v: Any, name: str) -> int:
 
 
 class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Base class: a Gymnasium env whose true system is a :class:`dilqr_rl.Dynamics` module.
+    """A Gymnasium env whose true system is the model of a :class:`dilqr_rl.tasks.Task`.
 
-    Subclasses set the class attributes below and implement :meth:`_sample_state`,
-    :meth:`_cost`, :meth:`_scene_xml` and :meth:`_pose_scene`.
+    The observation is the model state (``float32``; unit-norm blocks such as ``cos``/``sin``
+    pairs bounded by ``[-1, 1]``), the reward is the task's, the start state is drawn from the
+    task's start distribution, and the time limit is the task's ``episode_steps`` (set by the
+    registered ``TimeLimit``). Actions are described in the module docstring.
+
+    :param task: the task or its registered name (subclasses set the class attribute)
+    :param dt: time step (default the task's)
+    :param randomize: per-episode uniform ranges of true parameters, e.g. ``{"m": (0.8, 1.2)}``
+    :param render_mode: ``"rgb_array"``, ``"human"`` (subclasses with a scene) or ``None``
+    :param params: true physical parameters by name (default the task's), all ``> 0``
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"],
                                           "render_fps": 20}
-    #: the model class; its ``theta()`` order is the order of ``param_defaults``
-    dynamics_cls: ClassVar[type[Dynamics]]
-    #: true parameter names and default values (all must be > 0 unless in ``nonnegative``)
-    param_defaults: ClassVar[dict[str, float]]
+    #: the system (subclasses); a :class:`DynamicsEnv` built directly takes ``task=``
+    task: ClassVar[Task | None] = None
+    #: true parameters of the env beyond the model's (e.g. MuJoCo's damping) and defaults
+    extra_params: ClassVar[dict[str, float]] = {}
     #: parameters that may be 0 (e.g. damping)
     nonnegative: ClassVar[frozenset[str]] = frozenset()
-    #: ``(low, high)`` of each observation component; ``None`` = unbounded (float32 max)
-    obs_bounds: ClassVar[list[tuple[float, float] | None]]
-    default_dt: ClassVar[float]
-    #: ``(start, stop, name)`` of state blocks that must have unit norm (``cos``/``sin``
-    #: pairs, quaternions): ``reset(options={"state": x0})`` checks them
-    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ()
     #: a state block within this of unit norm is accepted (and projected onto the sphere)
     unit_tol: ClassVar[float] = 1e-6
 
-    def __init__(self, params: Mapping[str, float], *, dt: float | None = None,
+    def __init__(self, task: Task | str | None = None, *, dt: float | None = None,
                  randomize: Mapping[str, tuple[float, float]] | None = None,
                  render_mode: str | None = None, normalize_actions: bool = True,
-                 render_width: int = 480, render_height: int = 480,
-                 unknown: Mapping[str, Any] | None = None):
+                 render_width: int = 480, render_height: int = 480, **params: Any):
+        if task is not None:
+            self.task = _tasks.get(task)  # type: ignore[misc]
+        if self.task is None:
+            raise ValueError("DynamicsEnv needs task= (a dilqr_rl.tasks.Task or a registered "
+                             f"name: {_tasks.names()})")
+        t = self.task
+        #: true parameter names and default values (all must be > 0 unless ``nonnegative``)
+        self.param_defaults: dict[str, float] = {**t.params, **self.extra_params}
+        self.unit_blocks = t.unit_blocks
+        unknown = set(params) - set(self.param_defaults)
         if unknown:
             raise ValueError(
                 f"unknown argument(s) {sorted(unknown)} for {type(self).__name__}; its physical "
                 f"parameters are {list(self.param_defaults)} (plus dt, randomize, render_mode, "
                 "normalize_actions, render_width, render_height)")
+        if render_mode is not None and type(self)._scene_xml is DynamicsEnv._scene_xml:
+            raise ValueError(f"render_mode={render_mode!r}: the generic env of task {t.name!r} "
+                             "has no scene to render; subclass DynamicsEnv with _scene_xml and "
+                             "_pose_scene, or use render_mode=None")
         self.params = self._check_params(params, "parameter")
         self.randomize = self._check_randomize(randomize)
-        self.dt = self.default_dt if dt is None else _number(dt, "dt")
+        self.dt = t.dt if dt is None else _number(dt, "dt")
         if not (math.isfinite(self.dt) and self.dt > 0):
             raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -103,17 +123,26 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
         if not display_available():
             self.metadata["render_modes"] = ["rgb_array"]
 
-        self.dynamics = self.dynamics_cls(dt=self.dt)
+        self.dynamics: Dynamics = (t if self.dt == t.dt else
+                                   dataclasses.replace(t, dt=self.dt)).dynamics()
         n, m = self.dynamics.n_state, self.dynamics.n_ctrl
-        self.u_max = np.full(m, float(self.dynamics.u_upper), dtype=np.float64)
+        if t.u_upper is None or t.u_lower is None or not np.allclose(
+                np.asarray(t.u_lower, dtype=float), -np.asarray(t.u_upper, dtype=float)):
+            raise ValueError(f"task {t.name!r}: its env needs a symmetric finite control box "
+                             f"(u_lower = -u_upper), got {t.u_lower} and {t.u_upper}")
+        self.u_max = np.broadcast_to(np.asarray(t.u_upper, dtype=np.float64), (m,)).copy()
+        if not (np.isfinite(self.u_max).all() and (self.u_max > 0).all()):
+            raise ValueError(f"task {t.name!r}: its env needs finite control bounds > 0, got "
+                             f"u_upper={t.u_upper}")
         self.normalize_actions = bool(normalize_actions)
         if self.normalize_actions:
             self.action_space = spaces.Box(-1.0, 1.0, shape=(m,), dtype=np.float32)
         else:
             self.action_space = spaces.Box(-self.u_max.astype(np.float32),
                                            self.u_max.astype(np.float32), dtype=np.float32)
-        lo = np.array([-_F32_MAX if b is None else b[0] for b in self.obs_bounds], np.float32)
-        hi = np.array([_F32_MAX if b is None else b[1] for b in self.obs_bounds], np.float32)
+        bounds = t.obs_bounds()
+        lo = np.array([-_F32_MAX if b is None else b[0] for b in bounds], np.float32)
+        hi = np.array([_F32_MAX if b is None else b[1] for b in bounds], np.float32)
         assert lo.shape == (n,)
         self.observation_space = spaces.Box(lo, hi, dtype=np.float32)
 
@@ -312,12 +341,21 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray]):
         """``(terminated, extra info)`` after a step; default: never terminates."""
         return False, {}
 
-    # ------------------------------------------------------------------ subclass hooks
-    def _sample_state(self) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # ------------------------------------------------------------------ task hooks
+    @classmethod
+    def task_cost(cls) -> Any:
+        """The task cost as a learnable controller cost (``task.make_cost()``)."""
+        if cls.task is None:
+            raise ValueError("DynamicsEnv.task_cost needs an env class with a task")
+        return cls.task.make_cost()
 
-    def _cost(self, x: np.ndarray, u: np.ndarray) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _sample_state(self) -> np.ndarray:
+        return np.asarray(self.task.sample_start(self.np_random), dtype=np.float64)
+
+    def _cost(self, x: np.ndarray, u: np.ndarray) -> float:
+        return -float(self.task.reward(x, u))
+
+    # ------------------------------------------------------------------ subclass hooks
 
     def _scene_xml(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError

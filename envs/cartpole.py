@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from dilqr_rl.cost import QuadraticCost
-from dilqr_rl.dynamics import CartPole
+from dilqr_rl.tasks.cartpole import CARTPOLE
 
 from .base import DynamicsEnv
 from .mjcf import cartpole_mjcf
@@ -18,26 +15,19 @@ from .rendering import SceneRenderer
 
 __all__ = ["CartPoleEnv"]
 
-#: cost weights over ``(x, xdot, cos th, sin th, thdot, u)`` and their targets
-#: (``mpc.pytorch``'s cart-pole experiment: goal weights ``(0.1, 0.1, 1, 1, 0.1)``, control
-#: penalty ``0.001``, goal upright at the origin)
-COST_WEIGHTS = np.array([0.1, 0.1, 1.0, 1.0, 0.1, 0.001])
-COST_GOAL = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
-
-
 class CartPoleEnv(DynamicsEnv):
     """## Description
 
     Swing a pole up from hanging and balance it on a cart, with the physics of
     :class:`dilqr_rl.CartPole` (``mpc.pytorch``'s ``CartpoleDx``: the classic Barto / Gym
-    equations, explicit Euler, ``dt = 0.05``) and true parameters ``(g, m_cart, m_pole, l)``
+    equations, explicit Euler) and true parameters ``(g, m_cart, m_pole, l)``
     as constructor arguments (``l`` is the pole's **half**-length). ``th = 0`` is upright.
 
     ## Action space
 
-    ``Box(-1, 1, (1,), float32)``: the force on the cart is ``u = 100 a``; out-of-box actions
-    are clipped, a NaN action raises ``ValueError``. ``normalize_actions=False``: the action is
-    the force, ``Box(-100, 100)``.
+    ``Box(-1, 1, (1,), float32)``: the force on the cart is ``u = u_max a`` (the model's bound);
+    out-of-box actions are clipped, a NaN action raises ``ValueError``.
+    ``normalize_actions=False``: the action is the force.
 
     ## Observation space
 
@@ -46,24 +36,24 @@ class CartPoleEnv(DynamicsEnv):
 
     ## Rewards
 
-    Minus the swing-up cost of the state before the step and the applied force,
-    ``0.1 x^2 + 0.1 xdot^2 + (cos th - 1)^2 + sin^2 th + 0.1 thdot^2 + 0.001 u^2``
-    (``COST_WEIGHTS``, ``COST_GOAL``); :meth:`task_cost` is exactly this cost as a
-    :class:`dilqr_rl.QuadraticCost`.
+    Minus the task's swing-up cost (:mod:`dilqr_rl.tasks.cartpole`, a tracking cost over
+    ``(x, xdot, cos th, sin th, thdot, u)``) of the state before the step and the applied force;
+    :meth:`task_cost` is exactly this cost as a :class:`dilqr_rl.QuadraticCost`.
 
     ## Starting state
 
-    Hanging down near the origin: ``x, xdot ~ U[-0.1, 0.1]``, ``th ~ pi + U[-0.1, 0.1]``,
-    ``thdot ~ U[-0.1, 0.1]``; or ``options={"state": x0}`` (``cos th, sin th`` must have unit
-    norm, within ``1e-6``; they are then normalized).
+    The task's: hanging down near the origin; or ``options={"state": x0}`` (``cos th, sin th``
+    must have unit norm, within ``unit_tol``; they are then normalized).
 
     ## Episode end
 
-    No termination; truncated after 100 steps (5 s) by the registered ``TimeLimit``.
+    No termination; truncated after the task's ``episode_steps`` by the registered
+    ``TimeLimit``.
 
     ## Arguments
 
-    ``gymnasium.make("dilqr_rl/CartPole-v0", g=9.8, m_cart=1.0, m_pole=0.1, l=0.5)``, plus
+    ``gymnasium.make("dilqr_rl/CartPole-v0", m_pole=0.2)`` (any of ``g``, ``m_cart``,
+    ``m_pole``, ``l``; default the task's), plus
     ``dt``, ``randomize`` (e.g. ``{"m_pole": (0.05, 0.2)}``), ``render_mode``,
     ``normalize_actions``, ``render_width``, ``render_height`` as for ``PendulumEnv``.
     ``info["params"]`` holds the current true parameters, ``info["control"]`` the force.
@@ -73,40 +63,9 @@ class CartPoleEnv(DynamicsEnv):
     - v0: initial version
     """
 
-    dynamics_cls = CartPole
-    param_defaults: ClassVar[dict[str, float]] = {"g": 9.8, "m_cart": 1.0, "m_pole": 0.1,
-                                                  "l": 0.5}
-    obs_bounds: ClassVar[list[tuple[float, float] | None]] = [
-        None, None, (-1.0, 1.0), (-1.0, 1.0), None]
-    unit_blocks: ClassVar[tuple[tuple[int, int, str], ...]] = ((2, 4, "cos th, sin th"),)
-    default_dt = 0.05
+    task = CARTPOLE
     _camera: ClassVar[dict[str, Any]] = {"lookat": (0, 0, 0.2), "distance": 5.0,
                                          "azimuth": 90.0, "elevation": -5.0}
-
-    def __init__(self, g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1,
-                 l: float = 0.5, *, dt: float | None = None,
-                 randomize: Mapping[str, tuple[float, float]] | None = None,
-                 render_mode: str | None = None, normalize_actions: bool = True,
-                 render_width: int = 480, render_height: int = 480, **unknown: Any):
-        super().__init__({"g": g, "m_cart": m_cart, "m_pole": m_pole, "l": l}, dt=dt,
-                         randomize=randomize, render_mode=render_mode,
-                         normalize_actions=normalize_actions, render_width=render_width,
-                         render_height=render_height, unknown=unknown)
-
-    @staticmethod
-    def task_cost() -> QuadraticCost:
-        """The env's cost as a controller cost (``tracking`` costs are ``1/2 w (z - g)^2``)."""
-        return QuadraticCost.tracking(torch.tensor(2.0 * COST_WEIGHTS),
-                                      torch.tensor(COST_GOAL), n_state=5)
-
-    def _sample_state(self) -> np.ndarray:
-        x, xdot, dth, thdot = self.np_random.uniform(-0.1, 0.1, size=4)
-        th = math.pi + dth
-        return np.array([x, xdot, math.cos(th), math.sin(th), thdot])
-
-    def _cost(self, x: np.ndarray, u: np.ndarray) -> float:
-        z = np.concatenate([x, u])
-        return float(np.dot(COST_WEIGHTS, (z - COST_GOAL) ** 2))
 
     def _scene_xml(self) -> str:
         p = self.episode_params

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,8 +37,7 @@ class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
 
     ## Arguments
 
-    ``gymnasium.make("dilqr_rl/MujocoCartPole-v0", g=9.8, m_cart=1.0, m_pole=0.1, l=0.5,
-    damping=0.0)``
+    ``gymnasium.make("dilqr_rl/MujocoCartPole-v0", m_pole=0.2, damping=0.05)``
 
     - ``g``, ``m_cart``, ``m_pole``, ``l``: as :class:`CartPoleEnv`; ``damping`` (>= 0) joint
       damping. All may be randomized per episode and set by ``reset(options={"params": ...})``.
@@ -54,19 +52,10 @@ class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
     - v0: initial version
     """
 
-    param_defaults: ClassVar[dict[str, float]] = {"g": 9.8, "m_cart": 1.0, "m_pole": 0.1,
-                                                  "l": 0.5, "damping": 0.0}
+    extra_params: ClassVar[dict[str, float]] = {"damping": 0.0}
 
-    def __init__(self, g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1,
-                 l: float = 0.5, damping: float = 0.0, *, dt: float | None = None,
-                 n_substeps: int = 10, integrator: str = "RK4",
-                 randomize: Mapping[str, tuple[float, float]] | None = None,
-                 render_mode: str | None = None, normalize_actions: bool = True,
-                 render_width: int = 480, render_height: int = 480, **unknown: Any):
-        super(CartPoleEnv, self).__init__(
-            {"g": g, "m_cart": m_cart, "m_pole": m_pole, "l": l, "damping": damping}, dt=dt,
-            randomize=randomize, render_mode=render_mode, normalize_actions=normalize_actions,
-            render_width=render_width, render_height=render_height, unknown=unknown)
+    def __init__(self, *, n_substeps: int = 10, integrator: str = "RK4", **kwargs: Any):
+        super().__init__(**kwargs)
         self._init_sim(n_substeps, integrator)
 
     def _sim_xml(self, timestep: float) -> str:

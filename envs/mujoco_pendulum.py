@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,7 +35,7 @@ class MujocoPendulumEnv(MujocoSimMixin, PendulumEnv):
 
     ## Arguments
 
-    ``gymnasium.make("dilqr_rl/MujocoPendulum-v0", g=10.0, m=1.0, l=1.0, damping=0.0)``
+    ``gymnasium.make("dilqr_rl/MujocoPendulum-v0", m=1.3, damping=0.05)``
 
     - ``g``, ``m``, ``l``: as :class:`PendulumEnv`; ``damping`` (>= 0) joint damping. All four
       may be randomized per episode and set by ``reset(options={"params": ...})``.
@@ -51,18 +50,10 @@ class MujocoPendulumEnv(MujocoSimMixin, PendulumEnv):
     - v0: initial version
     """
 
-    param_defaults: ClassVar[dict[str, float]] = {"g": 10.0, "m": 1.0, "l": 1.0,
-                                                  "damping": 0.0}
+    extra_params: ClassVar[dict[str, float]] = {"damping": 0.0}
 
-    def __init__(self, g: float = 10.0, m: float = 1.0, l: float = 1.0, damping: float = 0.0,
-                 *, dt: float | None = None, n_substeps: int = 10, integrator: str = "RK4",
-                 randomize: Mapping[str, tuple[float, float]] | None = None,
-                 render_mode: str | None = None, normalize_actions: bool = True,
-                 render_width: int = 480, render_height: int = 480, **unknown: Any):
-        super(PendulumEnv, self).__init__(
-            {"g": g, "m": m, "l": l, "damping": damping}, dt=dt, randomize=randomize,
-            render_mode=render_mode, normalize_actions=normalize_actions,
-            render_width=render_width, render_height=render_height, unknown=unknown)
+    def __init__(self, *, n_substeps: int = 10, integrator: str = "RK4", **kwargs: Any):
+        super().__init__(**kwargs)
         self._init_sim(n_substeps, integrator)
 
     def _sim_xml(self, timestep: float) -> str:

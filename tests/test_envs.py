@@ -71,7 +71,7 @@ def test_step_equals_dynamics(env_id: str) -> None:
         env = gym.make(env_id, **kwargs)
         un = env.unwrapped
         true = {**un.param_defaults, **params}
-        dyn = un.dynamics_cls()
+        dyn = un.task.dynamics()
         theta = torch.tensor([true[k] for k in dyn.param_names()], dtype=torch.float64)
         assert torch.equal(theta, un.theta)
         obs, info = env.reset(seed=i)
@@ -119,7 +119,7 @@ def test_rewards_match_task_costs() -> None:
         expected = cost.stage(x, u, P).item()  # (cost params are stored in float32)
         assert r == pytest.approx(-expected, rel=1e-6)
     # rocket cost on hand-computed values: r = (1, 2, 0), v = (0, 0, 3), 90 deg about z
-    from dilqr_rl.envs.rocket import rocket_stage_cost
+    from dilqr_rl.tasks.rocket import stage_cost
     x = torch.zeros(13, dtype=torch.float64)
     x[0:3] = torch.tensor([1.0, 2.0, 0.0])
     x[5] = 3.0
@@ -128,7 +128,7 @@ def test_rewards_match_task_costs() -> None:
     u = torch.tensor([10.0, 1.0, 2.0], dtype=torch.float64)
     w = torch.tensor([10.0, 1.0, 50.0, 1.0, 1.0, 0.4], dtype=torch.float64)
     expected = 10 * 5 + 1 * 9 + 50 * 1 + 1 * 0.25 + 1 * 5 + 0.4 * 105
-    assert float(rocket_stage_cost(x, u, w)) == pytest.approx(expected)
+    assert float(stage_cost(x, u, w)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("env_id", ANALYTIC + MUJOCO)
@@ -297,9 +297,8 @@ def _closed_loop(env_id: str, x0: list[float], ctrl_params: dict, horizon: int,
     env = gym.make(env_id)
     un = env.unwrapped
     env.reset(seed=0, options={"state": x0})
-    dyn = un.dynamics_cls(**{**un.param_defaults, **ctrl_params}).double()
-    ctrl = dl.DiLQR(dyn, un.task_cost().double(), horizon=horizon,
-                    config=dl.ILQRConfig(max_iter=max_iter, tol=1e-6))
+    ctrl = un.task.controller(horizon, model_params=ctrl_params,
+                              config=dl.ILQRConfig(max_iter=max_iter, tol=1e-6))
     ret = 0.0
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", RuntimeWarning)  # unconverged MPC steps are expected
@@ -332,10 +331,10 @@ def test_dilqr_swings_up_cartpole() -> None:
 
 def _rocket_landing(ctrl_params: dict, max_iter: int) -> tuple[bool, float, dict]:
     """The published setting: one 40-step DiLQR plan from ``X0``, executed in the env."""
-    from dilqr_rl.envs.rocket import X0, RocketEnv
+    from dilqr_rl.tasks.rocket import ROCKET, X0
 
-    ctrl = dl.DiLQR(dl.Rocket(**ctrl_params).double(), RocketEnv.task_cost().double(),
-                    horizon=40, config=dl.ILQRConfig(max_iter=max_iter, tol=1e-6))
+    ctrl = ROCKET.controller(40, model_params=ctrl_params,
+                             config=dl.ILQRConfig(max_iter=max_iter, tol=1e-6))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", RuntimeWarning)
         u = ctrl(torch.tensor(X0)[None]).u[0]

@@ -1,0 +1,76 @@
+"""The 6-DoF rocket of PDP / Safe-PDP (docs/rocket.md)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import Dynamics
+
+__all__ = ["Rocket"]
+
+
+class Rocket(Dynamics):
+    """6-DoF rocket of PDP / Safe-PDP (docs/rocket.md), explicit Euler with ``dt = 0.1``.
+
+    State (13): position ``r`` (inertial x-axis up), velocity ``v``, scalar-first unit
+    quaternion ``q`` (body attitude), body rate ``w``. Control (3): body-frame thrust
+    ``(Tx, Ty, Tz)``, ``|T_i| <= 20``. Parameters ``(Jx, Jy, Jz, m, l)``; gravity
+    ``(-10, 0, 0)``; thrust acts at ``(-l/2, 0, 0)`` in the body frame. The quaternion is not
+    renormalized by the model (as in the original code); :class:`dilqr_rl.envs.RocketEnv`
+    renormalizes after each true step.
+    """
+
+    positive_params = True
+    n_state = 13
+    n_ctrl = 3
+    u_lower = -20.0
+    u_upper = 20.0
+    gravity = 10.0
+
+    param_defaults: ClassVar[dict[str, float]] = {"Jx": 0.5, "Jy": 1.0, "Jz": 1.0, "m": 1.0,
+                                                  "l": 1.0}
+    default_dt: ClassVar[float] = 0.1
+
+    @staticmethod
+    def dcm(q: Tensor) -> Tensor:
+        """Direction cosine matrix inertial -> body, ``q: (..., 4)`` -> ``(..., 3, 3)``."""
+        q0, q1, q2, q3 = q.unbind(-1)
+        rows = [
+            [1 - 2 * (q2**2 + q3**2), 2 * (q1 * q2 + q0 * q3), 2 * (q1 * q3 - q0 * q2)],
+            [2 * (q1 * q2 - q0 * q3), 1 - 2 * (q1**2 + q3**2), 2 * (q2 * q3 + q0 * q1)],
+            [2 * (q1 * q3 + q0 * q2), 2 * (q2 * q3 - q0 * q1), 1 - 2 * (q1**2 + q2**2)],
+        ]
+        return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+    def derivative(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        """Continuous-time ``xdot = f_c(x, u; theta)``, shapes as :meth:`step`."""
+        Jx, Jy, Jz, m, l = theta.unbind(-1)
+        v, q, w = x[..., 3:6], x[..., 6:10], x[..., 10:13]
+        q0, q1, q2, q3 = q.unbind(-1)
+        wx, wy, wz = w.unbind(-1)
+        Tx, Ty, Tz = u.unbind(-1)
+        # v_dot = C(q)^T T_B / m + g_I
+        C = self.dcm(q)
+        acc = (C.transpose(-1, -2) @ u[..., None])[..., 0] / m[..., None]
+        acc = acc + torch.stack([torch.full_like(Tx, -self.gravity), torch.zeros_like(Tx),
+                                 torch.zeros_like(Tx)], -1)
+        # q_dot = 1/2 Omega(w) q
+        dq = 0.5 * torch.stack([
+            -wx * q1 - wy * q2 - wz * q3,
+            wx * q0 + wz * q2 - wy * q3,
+            wy * q0 - wz * q1 + wx * q3,
+            wz * q0 + wy * q1 - wx * q2,
+        ], -1)
+        # w_dot = J^-1 (r_T x T_B - w x (J w)), r_T = (-l/2, 0, 0)
+        dw = torch.stack([
+            (Jy - Jz) * wy * wz / Jx,
+            ((l / 2) * Tz + (Jz - Jx) * wz * wx) / Jy,
+            (-(l / 2) * Ty + (Jx - Jy) * wx * wy) / Jz,
+        ], -1)
+        return torch.cat([v, acc, dq, dw], -1)
+
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        return x + self.dt * self.derivative(x, u, theta)

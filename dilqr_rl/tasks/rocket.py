@@ -1,0 +1,96 @@
+"""The 6-DoF rocket landing on :class:`dilqr_rl.Rocket` (PDP / Safe-PDP, docs/rocket.md)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..cost import FunctionCost
+from ..models import Rocket
+from .base import Task, Tracking, uniform
+
+__all__ = ["ROCKET", "COST_WEIGHTS", "final_cost", "stage_cost", "tilt"]
+
+#: ``(w_r, w_v, w_tilt, w_w, w_side, w_thrust)`` of Safe-PDP / DiLQR (docs/rocket.md)
+COST_WEIGHTS = (10.0, 1.0, 50.0, 1.0, 1.0, 0.4)
+#: the published initial state ``r0, v0, q0, w0``
+X0 = (10.0, -8.0, 5.0, -0.1, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _sq(a: Any) -> Any:
+    return (a * a).sum(-1)
+
+
+def tilt(q: Any) -> Any:
+    """``4 (q1 q2 + q0 q3)^2 + 4 (q1 q3 - q0 q2)^2``: the squared side components of the body
+    axis in inertial coordinates (``sin^2`` of the tilt for a unit ``q``), ``q (..., 4)``.
+    Works on tensors and numpy arrays alike (the env's reward uses it too)."""
+    q0, q1, q2, q3 = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return 4 * (q1 * q2 + q0 * q3) ** 2 + 4 * (q1 * q3 - q0 * q2) ** 2
+
+
+def final_cost(x: Any, weights: Any) -> Any:
+    """``w_r |r|^2 + w_v |v|^2 + w_w |w|^2 + w_tilt tilt(q)``, ``x (..., 13)``,
+    ``weights (..., 6)`` -> ``(...)`` (tensors or numpy)."""
+    return (weights[..., 0] * _sq(x[..., 0:3]) + weights[..., 1] * _sq(x[..., 3:6])
+            + weights[..., 3] * _sq(x[..., 10:13]) + weights[..., 2] * tilt(x[..., 6:10]))
+
+
+def stage_cost(x: Any, u: Any, weights: Any) -> Any:
+    """The final cost plus ``w_side (Ty^2 + Tz^2) + w_thrust |T|^2``, ``u (..., 3)``."""
+    return (final_cost(x, weights) + weights[..., 4] * _sq(u[..., 1:])
+            + weights[..., 5] * _sq(u))
+
+
+def make_cost() -> FunctionCost:
+    """The landing cost with learnable ``weights (6,)``."""
+    return FunctionCost(stage_cost, final_cost, {"weights": torch.tensor(COST_WEIGHTS)},
+                        n_state=13, n_ctrl=3)
+
+
+def reward(x: np.ndarray, u: np.ndarray) -> float:
+    """Minus the stage cost of ``(x, u)`` with the task weights."""
+    return -float(stage_cost(x, u, np.asarray(COST_WEIGHTS)))
+
+
+def sample_start(rng: np.random.Generator) -> np.ndarray:
+    """Around the published start: ``r0 + U[-1, 1]^3``, ``v0 + U[-0.5, 0.5]^3``, tilted by up
+    to 0.1 rad about a random horizontal axis, ``w ~ U[-0.1, 0.1]^3``."""
+    x = np.array(X0)
+    x[0:3] += rng.uniform(-1.0, 1.0, 3)
+    x[3:6] += rng.uniform(-0.5, 0.5, 3)
+    angle = rng.uniform(0.0, 0.1)
+    phi = rng.uniform(0.0, 2 * math.pi)  # horizontal axis (0, cos phi, sin phi)
+    x[6:10] = [math.cos(angle / 2), 0.0, math.sin(angle / 2) * math.cos(phi),
+               math.sin(angle / 2) * math.sin(phi)]
+    x[10:13] = rng.uniform(-0.1, 0.1, 3)
+    return x
+
+
+def sample_demo_start(gen: torch.Generator, n: int) -> Tensor:
+    """Imitation starts (ours): ``r ~ U([3, 8], [-3, 3], [-3, 3])``, ``v ~ U(-0.5, 0.5)^3``,
+    tilt up to 0.3 rad about a random axis, ``w ~ U(-0.1, 0.1)^3``."""
+    r = torch.stack([uniform(gen, n, 3.0, 8.0), uniform(gen, n, -3.0, 3.0),
+                     uniform(gen, n, -3.0, 3.0)], -1)
+    v = uniform(gen, n, -0.5, 0.5, 3)
+    axis = torch.nn.functional.normalize(
+        torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=-1)
+    half = uniform(gen, n, 0.0, 0.3) / 2
+    q = torch.cat([half.cos()[:, None], half.sin()[:, None] * axis], -1)
+    return torch.cat([r, v, q, uniform(gen, n, -0.1, 0.1, 3)], -1)
+
+
+#: the imitation expert's tracking cost (ours): ``r 1, v 0.1, q 1, w 0.1, T 0.01`` (in the
+#: ``1/2 w`` convention of ``QuadraticCost.tracking``, hence the halves), hovering thrust goal
+DEMO_COST = Tracking(weights=(0.5,) * 3 + (0.05,) * 3 + (0.5,) * 4 + (0.05,) * 3 + (0.005,) * 3,
+                     goal=(0.0,) * 6 + (1.0, 0.0, 0.0, 0.0) + (0.0,) * 3 + (10.0, 0.0, 0.0))
+
+ROCKET = Task(
+    name="rocket", model=Rocket, cost=make_cost, reward=reward, sample_start=sample_start,
+    sample_demo_start=sample_demo_start, horizon=40, demo_cost=DEMO_COST,
+    learn_init={"Jx": 1.0, "Jy": 2.0, "Jz": 0.5, "m": 2.0, "l": 0.5},  # ours
+    unit_blocks=((6, 10, "quaternion q"),), env_id="dilqr_rl/Rocket-v0", episode_steps=100)
