@@ -29,16 +29,16 @@ def demo(batch: int = 8, horizon: int = 20, seed: int = 0) -> int:
     gen = torch.Generator().manual_seed(seed)
     th = (torch.rand(batch, generator=gen, dtype=dt) * 2 - 1) * math.pi
     x0 = torch.stack([th.cos(), th.sin(), torch.zeros(batch, dtype=dt)], -1)
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0.0, 0.0, 0.0],
-                                     n_state=3).double()
+    task = dl.tasks.get("pendulum")
     cfg = dl.ILQRConfig(max_iter=300, tol=1e-12)
-    ctrl = dl.DiLQR(dyn, cost, horizon=horizon, u_lower=-2.0, u_upper=2.0, config=cfg)
+    ctrl = task.controller(horizon, config=cfg)
+    dyn = ctrl.dynamics
 
     t0 = time.perf_counter()
     sol = ctrl(x0)
     t_fwd = time.perf_counter() - t0
-    print(f"Pendulum swing-up: batch {batch}, horizon {horizon}, |u| <= 2, float64, 1 thread")
+    print(f"Pendulum swing-up: batch {batch}, horizon {horizon}, |u| <= {task.u_upper:g}, "
+          "float64, 1 thread")
     print(f"{'sample':>6} {'theta0':>8} {'iters':>5} {'conv':>5} {'theta_T':>8} {'cost':>9} "
           f"{'on bound':>8}")
     thT = torch.atan2(sol.x[:, -1, 1], sol.x[:, -1, 0])
@@ -57,8 +57,8 @@ def demo(batch: int = 8, horizon: int = 20, seed: int = 0) -> int:
     t0 = time.perf_counter()
     g_imp = torch.stack(torch.autograd.grad(loss(sol), [dyn.g, dyn.m, dyn.l]))
     t_bwd = time.perf_counter() - t0
-    approx = dl.DiLQR(dyn, cost, horizon=horizon, u_lower=-2.0, u_upper=2.0, config=cfg,
-                      grad="last_lqr")
+    approx = dl.DiLQR(dyn, ctrl.cost, horizon=horizon, u_lower=task.u_lower,
+                      u_upper=task.u_upper, config=cfg, grad="last_lqr")
     g_last = torch.stack(torch.autograd.grad(loss(approx(x0)), [dyn.g, dyn.m, dyn.l]))
     h = 1e-5
     fd = []

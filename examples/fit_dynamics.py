@@ -21,14 +21,14 @@ def main(argv=None) -> float:
     ap.add_argument("--init-mass", type=float, default=2.0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    task = dl.tasks.get("pendulum")  # the swing-up: true model, task cost, bounds
     th = torch.linspace(-2.5, 2.5, 16, dtype=torch.float64)
     x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
     cfg = dl.ILQRConfig(max_iter=200, tol=1e-9)
-    with torch.no_grad():  # "expert" plans with the true mass 1.0
-        u_expert = dl.DiLQR(dl.Pendulum().double(), cost, horizon=20, config=cfg)(x0).u
-    model = dl.Pendulum(m=args.init_mass).double()
-    ctrl = dl.DiLQR(model, cost, horizon=20, config=cfg)
+    with torch.no_grad():  # "expert" plans with the true mass
+        u_expert = task.controller(config=cfg)(x0).u
+    ctrl = task.controller(config=cfg, model_params={"m": args.init_mass})
+    model = ctrl.dynamics
     # learn log m (stays positive); only the mass is trained
     log_m = torch.tensor(math.log(args.init_mass), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([log_m], lr=0.1)

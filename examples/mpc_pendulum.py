@@ -21,9 +21,10 @@ from dilqr_rl.envs import record_episode
 
 
 def make_policy(env, model_mass: float, horizon: int, iters: int):
-    dyn = dl.Pendulum(m=model_mass).double()
-    ctrl = dl.DiLQR(dyn, env.unwrapped.task_cost().double(), horizon=horizon,
-                    config=dl.ILQRConfig(max_iter=iters, tol=1e-6, on_unconverged="detach"))
+    # the task's controller (its cost and bounds) with the model's own guess of the mass
+    ctrl = env.unwrapped.task.controller(
+        horizon, model_params={"m": model_mass},
+        config=dl.ILQRConfig(max_iter=iters, tol=1e-6, on_unconverged="detach"))
 
     @torch.no_grad()
     def policy(obs):
@@ -39,10 +40,10 @@ def make_policy(env, model_mass: float, horizon: int, iters: int):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--true-mass", type=float, default=1.0)
+    ap.add_argument("--true-mass", type=float, default=dl.tasks.get("pendulum").params["m"])
     ap.add_argument("--wrong-mass", type=float, default=0.3)
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--horizon", type=int, default=20)
+    ap.add_argument("--horizon", type=int, default=dl.tasks.get("pendulum").horizon)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gif", default="runs/mpc_pendulum.gif")

@@ -11,19 +11,23 @@ import dilqr_rl as dl
 F64 = torch.float64
 
 
+def task_problem(name: str) -> tuple[dl.Dynamics, dl.Cost]:
+    """The registered task's true model and task cost, float64."""
+    task = dl.tasks.get(name)
+    return task.dynamics().double(), task.make_cost().double()
+
+
 def pendulum(T: int = 15, bounded: bool = True, angles=(2.5, 1.0, 0.3)):
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     th = torch.tensor(angles, dtype=F64)
     x0 = torch.stack([th.cos(), th.sin(), 0.2 * torch.ones_like(th)], -1)
-    lo, hi = (-2.0, 2.0) if bounded else (-math.inf, math.inf)
+    task = dl.tasks.get("pendulum")
+    lo, hi = (task.u_lower, task.u_upper) if bounded else (-math.inf, math.inf)
     return dyn, cost, x0, T, lo, hi
 
 
 def cartpole(T: int = 15, bounded: bool = True):
-    dyn = dl.CartPole().double()
-    cost = dl.QuadraticCost.tracking([0.1, 0.1, 1, 1, 0.1, 0.001], [0, 0, 1, 0, 0, 0],
-                                     n_state=5).double()
+    dyn, cost = task_problem("cartpole")
     th = torch.tensor([0.5, 1.5], dtype=F64)
     x0 = torch.stack([torch.tensor([0.3, -0.2], dtype=F64), torch.zeros(2, dtype=F64),
                       th.cos(), th.sin(), torch.zeros(2, dtype=F64)], -1)

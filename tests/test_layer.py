@@ -8,13 +8,15 @@ import torch
 
 import dilqr_rl as dl
 
+from .problems import task_problem
+
 F64 = torch.float64
+PENDULUM = dl.tasks.get("pendulum")
 
 
 @pytest.fixture
 def ctrl():
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     return dl.DiLQR(dyn, cost, horizon=10, config=dl.ILQRConfig(max_iter=100, tol=1e-9))
 
 
@@ -28,7 +30,7 @@ def test_shapes_and_defaults(ctrl):
     assert sol.x.shape == (4, 11, 3) and sol.u.shape == (4, 10, 1)
     assert sol.cost.shape == (4,) and sol.converged.shape == (4,)
     assert sol.iterations.dtype == torch.long and sol.converged.all()
-    assert (sol.u.abs() <= 2.0).all()  # the model's default bound
+    assert (sol.u.abs() <= PENDULUM.u_upper).all()  # the model's default bound
     one = ctrl(x0s(1)[0])
     assert one.u.shape == (1, 10, 1)
 
@@ -59,11 +61,11 @@ def test_bad_params_and_overrides(ctrl):
     with pytest.raises(ValueError, match="goal"):
         ctrl(x0, goal=torch.zeros(3, 3, dtype=F64))
     with pytest.raises(ValueError, match="weights"):
-        ctrl(x0, weights=torch.tensor([1.0, math.inf, 0.1, 0.001], dtype=F64))
+        ctrl(x0, weights=torch.tensor([1.0, math.inf, 1.0, 1.0], dtype=F64))
     with pytest.raises(TypeError, match="unknown cost parameter"):
         ctrl(x0, wieghts=torch.ones(4, dtype=F64))
     with pytest.raises(ValueError, match="positive definite"):
-        ctrl(x0, weights=torch.tensor([1.0, 1.0, 0.1, 0.0], dtype=F64))
+        ctrl(x0, weights=torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=F64))
     with pytest.raises(ValueError, match="u_init"):
         ctrl(x0, u_init=torch.zeros(2, 9, 1, dtype=F64))
     with pytest.raises(ValueError, match="dynamics parameters"):
@@ -73,8 +75,7 @@ def test_bad_params_and_overrides(ctrl):
 
 
 def test_bad_construction():
-    dyn = dl.Pendulum()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
+    dyn, cost = PENDULUM.dynamics(), PENDULUM.make_cost()
     with pytest.raises(ValueError, match="horizon"):
         dl.DiLQR(dyn, cost, horizon=0)
     with pytest.raises(ValueError, match="horizon"):
@@ -98,8 +99,7 @@ def test_bad_construction():
 
 
 def test_unconverged_warn_and_raise():
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     x0 = x0s(2) * torch.tensor([-1.0, 1.0, 1.0], dtype=F64)
     warn = dl.DiLQR(dyn, cost, horizon=20, config=dl.ILQRConfig(max_iter=2))
     with pytest.warns(dl.UnconvergedWarning, match="did not converge"):
@@ -135,11 +135,10 @@ def test_act_warm_starts_from_shifted_solution(ctrl):
 
 
 def test_unbounded_and_tensor_bounds():
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     x0 = x0s(2)
     free = dl.DiLQR(dyn, cost, horizon=10, u_lower=-math.inf, u_upper=math.inf)(x0)
-    assert free.u.abs().max() > 2.0
+    assert free.u.abs().max() > PENDULUM.u_upper
     lo = torch.full((10, 1), -1.0, dtype=F64)
     lo[5:] = -0.5
     sol = dl.DiLQR(dyn, cost, horizon=10, u_lower=lo, u_upper=-lo)(x0)
@@ -147,8 +146,7 @@ def test_unbounded_and_tensor_bounds():
 
 
 def test_follows_x0_dtype():
-    dyn = dl.Pendulum()  # float32 parameters
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
+    dyn, cost = PENDULUM.dynamics(), PENDULUM.make_cost()  # float32 parameters
     ctrl = dl.DiLQR(dyn, cost, horizon=8)
     sol = ctrl(x0s(2))
     assert sol.u.dtype == F64 and sol.x.dtype == F64
@@ -157,17 +155,19 @@ def test_follows_x0_dtype():
 
 
 def test_function_cost_matches_quadratic():
-    dyn = dl.Pendulum().double()
-    quad = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    """The task's tracking cost written as a FunctionCost of its weights ``w`` and goal:
+    ``sum w (z - goal)^2`` (the task's convention; the QuadraticCost holds ``2 w``)."""
+    dyn, quad = task_problem("pendulum")
+    tracking = PENDULUM.cost
+    goal = torch.tensor(tracking.goal, dtype=F64)
 
     def stage(x, u, w):
-        return 0.5 * (w * (torch.cat([x, u], -1) - torch.tensor([1.0, 0, 0, 0],
-                                                                dtype=x.dtype)) ** 2).sum(-1)
+        return (w * (torch.cat([x, u], -1) - goal) ** 2).sum(-1)
 
     def terminal(x, w):
-        return 0.5 * (w[..., :3] * (x - torch.tensor([1.0, 0, 0], dtype=x.dtype)) ** 2).sum(-1)
+        return (w[..., :3] * (x - goal[:3]) ** 2).sum(-1)
 
-    fc = dl.FunctionCost(stage, terminal, {"w": torch.tensor([1.0, 1.0, 0.1, 0.001])},
+    fc = dl.FunctionCost(stage, terminal, {"w": torch.tensor(tracking.weights)},
                          n_state=3, n_ctrl=1).double()
     x0 = x0s(2)
     a = dl.DiLQR(dyn, quad, horizon=10, config=dl.ILQRConfig(tol=1e-12))(x0)
@@ -175,15 +175,15 @@ def test_function_cost_matches_quadratic():
     torch.testing.assert_close(a.u, b.u, rtol=1e-8, atol=1e-9)
     ga, gt = torch.autograd.grad(a.u.sum(), [quad.weights, quad.terminal_weights])
     gb = torch.autograd.grad(b.u.sum(), fc.w)[0]
-    # FunctionCost shares one w between stage and terminal: d/dw = d/dweights + d/dterminal
-    torch.testing.assert_close(gb, ga + torch.cat([gt, torch.zeros(1, dtype=F64)]),
+    # FunctionCost shares one w between stage and terminal, and weights = 2 w:
+    # d/dw = 2 (d/dweights + d/dterminal_weights)
+    torch.testing.assert_close(gb, 2 * (ga + torch.cat([gt, torch.zeros(1, dtype=F64)])),
                                rtol=1e-6, atol=1e-9)
 
 
 def test_sequential_line_search_matches_batched():
     """The ablation's one-step-size-at-a-time line search picks the same steps."""
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     th = torch.linspace(-3, 3, 6, dtype=F64)
     x0 = torch.stack([th.cos(), th.sin(), 0 * th], -1)
     sols = [dl.DiLQR(dyn, cost, horizon=25, config=dl.ILQRConfig(
