@@ -261,3 +261,9 @@ class DiLQR(nn.Module):
     def reset(self) -> None:
         """Forget the warm start used by :meth:`act`."""
         self._warm = None
+
+    @property
+    def warm_start(self) -> Tensor | None:
+        """The controls ``(B, T, m)`` the next :meth:`act` starts from (the last plan shifted
+        by one step, its last control repeated), or ``None`` after :meth:`reset`."""
+        return None if self._warm is None else self._warm.clone()

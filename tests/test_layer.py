@@ -124,14 +124,15 @@ def test_act_warm_starts_from_shifted_solution(ctrl):
     torch.testing.assert_close(u0, sol.u[:, 0])
     # step the true system and act again: the warm start cuts the iteration count
     x1 = ctrl.dynamics(x0, u0)
-    warm = ctrl._warm.clone()
+    warm = ctrl.warm_start
+    torch.testing.assert_close(warm[:, :-1], sol.u[:, 1:].detach())
     ctrl.act(x1)
     cold = ctrl(x1)
     warm_sol = ctrl(x1, u_init=warm)
     assert (warm_sol.iterations <= cold.iterations).all()
     assert warm_sol.iterations.sum() < cold.iterations.sum()
     ctrl.reset()
-    assert ctrl._warm is None
+    assert ctrl.warm_start is None
 
 
 def test_unbounded_and_tensor_bounds():
