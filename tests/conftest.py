@@ -10,3 +10,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_configure(config):
+    # ``pytest -m "not slow"``: the fast inner loop; CI runs everything
+    config.addinivalue_line("markers", "slow: takes over ~5 s on 2 CPU cores (deselect with "
+                                       "-m 'not slow')")
