@@ -237,21 +237,41 @@ def lqr_solve_scan(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, x0: 
     :raises ValueError: on inputs of the wrong shape, dtype or device
     """
     B, T, n, m = _check(F, C, c, CT, cT, x0, f, free)
-    dt, dev = x0.dtype, x0.device
+    Fx, Fu, Cxx, Cux, Cuu, cx, cu = _held_eliminated(F, C, c, n, free)
+    fz = torch.zeros(B, T, n, dtype=x0.dtype, device=x0.device) if f is None else f
+    S, s = _value_functions(Fx, Fu, Cxx, Cux, Cuu, cx, cu, fz, CT, cT)
+    K, k = _gains(Fx, Fu, Cux, Cuu, cu, fz, S[:, 1:], s[:, 1:])
+    x = _closed_loop_states(Fx, Fu, K, k, fz, x0)
+    u = (K @ x[:, :-1, :, None])[..., 0] + k  # (B, T, m)
+    # 5. multipliers: lam_t = grad V_t(x_t)
+    lam = (S @ x[..., None])[..., 0] + s  # (B, T+1, n)
+    return x, u, lam
+
+
+def _held_eliminated(F: Tensor, C: Tensor, c: Tensor, n: int, free: Tensor | None
+                     ) -> tuple[Tensor, ...]:
+    """The blocks ``F_x, F_u, C_xx, C_ux, C_uu, c_x, c_u`` with the held controls eliminated:
+    zero columns of ``F_u``, zero rows/columns of ``C`` and entries of ``c_u``, identity on
+    their diagonal of ``C_uu`` (so they solve to zero)."""
     Fx, Fu = F[..., :n], F[..., n:]  # (B, T, n, n), (B, T, n, m)
     Cxx, Cux, Cuu = C[..., :n, :n], C[..., n:, :n], C[..., n:, n:]
     cx, cu = c[..., :n], c[..., n:]
     if free is not None:
-        # eliminate the held controls: zero their columns of F_u, rows/columns of C and
-        # entries of c_u; identity on their diagonal of C_uu (so they solve to zero)
-        mf = free.to(dt)  # (B, T, m)
+        mf = free.to(F.dtype)  # (B, T, m)
         Fu = Fu * mf[..., None, :]
         Cux = Cux * mf[..., :, None]
         Cuu = Cuu * mf[..., :, None] * mf[..., None, :] + torch.diag_embed(1.0 - mf)
         cu = cu * mf
-    fz = torch.zeros(B, T, n, dtype=dt, device=dev) if f is None else f
-    FuT = Fu.transpose(-1, -2)  # (B, T, m, n)
+    return Fx, Fu, Cxx, Cux, Cuu, cx, cu
 
+
+def _value_functions(Fx, Fu, Cxx, Cux, Cuu, cx, cu, fz, CT, cT) -> tuple[Tensor, Tensor]:
+    """Steps 1-2 of the module docstring: the elimination of ``C_ux`` and ``c_u``, then the
+    backward scan. :return: ``S (B, T+1, n, n)``, ``s (B, T+1, n)`` of the value functions
+    ``V_t(x) = 1/2 x^T S_t x + s_t^T x``."""
+    B, _, n = fz.shape
+    dt, dev = fz.dtype, fz.device
+    FuT = Fu.transpose(-1, -2)  # (B, T, m, n)
     # 1. elimination of C_ux and c_u: u = w - R^-1 (C_ux x + c_u), R = C_uu
     G = _solve(Cuu, torch.cat([Cux, cu[..., None], FuT], -1))  # R^-1 [C_ux, c_u, F_u^T]
     Gx, gu, GF = G[..., :n], G[..., n], G[..., n + 1:]
@@ -270,10 +290,14 @@ def lqr_solve_scan(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, x0: 
              torch.cat([eta_el, cT[:, None]], 1),
              torch.cat([0.5 * (J_el + J_el.transpose(-1, -2)), CT[:, None]], 1))
     _, _, _, s, S = associative_scan(_combine_value, elems, reverse=True)
-    # the value functions V_t(x) = 1/2 x^T S_t x + s_t^T x: S (B, T+1, n, n), s (B, T+1, n)
+    return S, s
 
-    # 3. gains of every step at once, as one Riccati step from (S_{t+1}, s_{t+1})
-    S1, s1 = S[:, 1:], s[:, 1:]
+
+def _gains(Fx, Fu, Cux, Cuu, cu, fz, S1, s1) -> tuple[Tensor, Tensor]:
+    """Step 3: the gains ``K (B, T, m, n)``, ``k (B, T, m)`` of every step at once, as one
+    Riccati step from ``(S_{t+1}, s_{t+1})`` (``S1``, ``s1``)."""
+    m = Fu.shape[-1]
+    FuT = Fu.transpose(-1, -2)  # (B, T, m, n)
     FuTS = FuT @ S1  # (B, T, m, n)
     Quu = Cuu + FuTS @ Fu  # (B, T, m, m); identity on held rows/cols
     Qux = Cux + FuTS @ Fx  # (B, T, m, n); zero on held rows
@@ -282,22 +306,20 @@ def lqr_solve_scan(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, x0: 
     if m == 1:
         # as the sequential scalar pass: no step where Quu is exactly singular
         h = Quu[..., 0, 0]
-        use = (h != 0).to(dt)
+        use = (h != 0).to(fz.dtype)
         kK = -rhs * (use / torch.where(h != 0, h, 1.0))[..., None, None]
     else:
         kK = -torch.linalg.solve(Quu, rhs)
-    k, K = kK[..., 0], kK[..., 1:]  # (B, T, m), (B, T, m, n)
+    return kK[..., 1:], kK[..., 0]
 
-    # 4. forward scan of the closed-loop affine maps, x0 folded into the first one
+
+def _closed_loop_states(Fx, Fu, K, k, fz, x0) -> Tensor:
+    """Step 4: the forward scan of the closed-loop affine maps, ``x0`` folded into the first
+    one. :return: ``x (B, T+1, n)``"""
     Mcl = Fx + Fu @ K  # (B, T, n, n)
     dcl = (Fu @ k[..., None])[..., 0] + fz  # (B, T, n)
     d0 = (Mcl[:, 0] @ x0[..., None])[..., 0] + dcl[:, 0]
     Mcl = torch.cat([torch.zeros_like(Mcl[:, :1]), Mcl[:, 1:]], 1)
     dcl = torch.cat([d0[:, None], dcl[:, 1:]], 1)
     _, xs = associative_scan(_combine_affine, (Mcl, dcl))
-    x = torch.cat([x0[:, None], xs], 1)  # (B, T+1, n)
-    u = (K @ x[:, :-1, :, None])[..., 0] + k  # (B, T, m)
-
-    # 5. multipliers: lam_t = grad V_t(x_t)
-    lam = (S @ x[..., None])[..., 0] + s  # (B, T+1, n)
-    return x, u, lam
+    return torch.cat([x0[:, None], xs], 1)
