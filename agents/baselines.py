@@ -4,8 +4,9 @@
   initial state is embedded, an ``LSTMCell`` unrolls over the horizon and decodes one control
   per step, feeding the embedded control back in. Hidden size 256 as DiffMPC.
 - :class:`MLPPolicy`: initial state -> the whole control sequence ``(T, m)`` in one shot.
-- :func:`sysid_loss`: next-state prediction error of a parameterized model on the expert
-  transitions (DiffMPC's ``sysid``); the learned model is then used by the known-cost iLQR.
+
+(DiffMPC's ``sysid`` baseline fits the model on :func:`dilqr_rl.models.transition_loss`, see
+``agents/learners.py``.)
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-import dilqr_rl as dl
-
-__all__ = ["LSTMPolicy", "MLPPolicy", "sysid_loss"]
+__all__ = ["LSTMPolicy", "MLPPolicy"]
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -69,12 +68,3 @@ class MLPPolicy(nn.Module):
     def forward(self, x0: Tensor) -> Tensor:
         return self.net(x0).reshape(x0.shape[0], self.horizon, self.n_ctrl)
 
-
-def sysid_loss(dynamics: dl.Dynamics, theta: Tensor, x: Tensor, u: Tensor) -> Tensor:
-    """Mean squared next-state prediction error ``mean |f(x_t, u_t; theta) - x_{t+1}|^2``.
-
-    :param theta: model parameters ``(p,)``
-    :param x: expert states ``(B, T+1, n)``; :param u: expert controls ``(B, T, m)``
-    """
-    pred = dynamics.step(x[:, :-1], u, theta)
-    return (pred - x[:, 1:]).pow(2).mean()

@@ -6,147 +6,87 @@ set holds ``N = n_train + n_val + n_test`` such open-loop trajectories:
 
 - ``x (N, T+1, n)`` expert states, ``u (N, T, m)`` expert controls (float64);
 - the true dynamics parameters ``theta (p,)``, the true cost ``weights (n+m,)`` and
-  ``goal (n+m,)`` (tracking form ``1/2 sum_i w_i (z_i - goal_i)^2``, terminal weights
-  ``weights[:n]``), the control bounds, the horizon, the seed and the solver settings.
+  ``goal (n+m,)`` (a :class:`dilqr_rl.tasks.Tracking` cost ``sum_i w_i (z_i - goal_i)^2``,
+  terminal weights ``weights[:n]``), the control bound, the horizon, the seed and the solver
+  settings.
 
 Splits are contiguous: ``[0, n_train)`` train, then val, then test; a run with a smaller
 training set uses the first ``n`` training trajectories, so the 10 / 50 / 100 sets are nested.
 
-Environments (``ENVS``), following DiffMPC's ``il_env.py`` and ``mpc.pytorch``'s true costs:
-
-========== ========================= ================================ ========= ===========
-env        true theta                cost weights / goal over [x; u]  bounds    T
-========== ========================= ================================ ========= ===========
-pendulum   (g, m, l) = (10, 1, 1)    (1, 1, 0.1, 0.001) / (1, 0, 0, 0) |u| <= 2  20
-cartpole   (g, mc, mp, l) =          (0.1, 0.1, 1, 1, 0.1, 0.001) /    |u| <= 100 20
-           (9.8, 1, 0.1, 0.5)        (0, 0, 1, 0, 0, 0)
-rocket     (Jx, Jy, Jz, m, l) =      r 1, v 0.1, q 1, w 0.1, T 0.01 /  |T_i| <= 20 40
-           (0.5, 1, 1, 1, 1)         q = (1, 0, 0, 0), T = (10, 0, 0)
-========== ========================= ================================ ========= ===========
-
-The bounds are the models' (and ``mpc.pytorch``'s ``PendulumDx`` / ``CartpoleDx``) defaults,
-which DiffMPC's imitation experiment used (``u_lower=true_dx.lower``). Initial states are
-DiffMPC's: pendulum ``th ~ U(-pi/2, pi/2)``, ``thdot ~ U(-1, 1)``; cartpole ``x, xdot ~
-U(-0.5, 0.5)``, ``th ~ U(-pi, pi)``, ``thdot ~ U(-1, 1)``; rocket (ours) position ``r ~ U([3, 8],
-[-3, 3], [-3, 3])``, velocity ``~ U(-0.5, 0.5)^3``, tilt up to 0.3 rad, rate ``~ U(-0.1, 0.1)^3``.
-
-The initial guesses for dynamics learning are DiffMPC's: pendulum ``(15, 3, 0.5)``, cartpole
-``(9.8, 3, 0.1, 1)``; rocket (ours) ``(1, 2, 0.5, 2, 0.5)``.
+Everything about a system comes from its :mod:`dilqr_rl.tasks` entry: the true parameters
+(``task.params``), the expert's cost (``task.demo_tracking()``), the control bound
+(``task.u_upper``), the horizon (``task.horizon``), the start distribution
+(``task.demo_starts``) and the learners' initial guess (``task.learn_init``). :data:`ENVS` are
+the registered tasks that have a tracking cost for imitation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 import dilqr_rl as dl
+from dilqr_rl import tasks
+from dilqr_rl.tasks import Task
 
-__all__ = ["ENVS", "EnvSpec", "ExpertData", "env_spec", "make_expert_data", "sample_x0"]
+__all__ = ["ENVS", "ExpertData", "control_bound", "demo_controller", "make_expert_data"]
 
-ENVS = ("pendulum", "cartpole", "rocket")
 F64 = torch.float64
 _ARRAYS = ("x", "u", "theta", "weights", "goal")
 _META = ("env", "n_train", "n_val", "n_test", "seed", "config")
 
 
-@dataclass(frozen=True)
-class EnvSpec:
-    """Everything the imitation experiment needs to know about one environment.
+def _has_demo_cost(task: Task) -> bool:
+    try:
+        task.demo_tracking()
+    except ValueError:
+        return False
+    return True
 
-    :ivar name: ``"pendulum"``, ``"cartpole"`` or ``"rocket"``
-    :ivar horizon: ``T``
-    :ivar theta: true dynamics parameters ``(p,)``
-    :ivar theta_init: DiffMPC-style initial guess for dynamics learning ``(p,)``
-    :ivar param_names: names of the ``p`` parameters
-    :ivar weights: true cost weights ``(n+m,)``
-    :ivar goal: true cost goal ``(n+m,)``
-    :ivar u_bound: ``|u_i| <= u_bound``
+
+#: the tasks imitation runs on: those with a tracking cost for the expert
+ENVS: tuple[str, ...] = tuple(n for n in tasks.names() if _has_demo_cost(tasks.get(n)))
+
+
+def control_bound(task: Task | str, u_bound: float | None = None) -> float:
+    """The bound ``b`` of the imitation box ``|u_i| <= b``: ``u_bound`` if given, else the
+    task's (which must be symmetric and the same for every control)."""
+    task = tasks.get(task)
+    if u_bound is not None:
+        return float(u_bound)
+    lo, hi = task.u_lower, task.u_upper
+    if not isinstance(hi, (int, float)) or not isinstance(lo, (int, float)) or lo != -hi:
+        raise ValueError(f"task {task.name!r}: imitation needs a symmetric scalar control bound, "
+                         f"the task has [{lo}, {hi}]; pass u_bound")
+    return float(hi)
+
+
+def demo_controller(task: Task | str, u_bound: float | None = None, *, grad: str = "implicit",
+                    **config: Any) -> dl.DiLQR:
+    """The imitation experiment's controller: the task's true model and its expert tracking
+    cost (:meth:`dilqr_rl.tasks.Task.demo_tracking`), float64 and frozen (learners pass
+    ``params=`` or ``weights=`` / ``goal=``), horizon ``task.horizon``, ``|u_i| <= b``
+    (:func:`control_bound`).
+
+    :param grad: the layer's gradient mode
+    :param config: :class:`dilqr_rl.ILQRConfig` fields over the task's solver settings
     """
-
-    name: str
-    horizon: int
-    theta: tuple[float, ...]
-    theta_init: tuple[float, ...]
-    param_names: tuple[str, ...]
-    weights: tuple[float, ...]
-    goal: tuple[float, ...]
-    u_bound: float
-
-    def dynamics(self) -> dl.Dynamics:
-        """A float64 model with the *true* parameters (frozen: learners pass ``params=``)."""
-        cls = {"pendulum": dl.Pendulum, "cartpole": dl.CartPole, "rocket": dl.Rocket}[self.name]
-        dyn = cls(**dict(zip(self.param_names, self.theta, strict=True))).double()
-        return dyn.requires_grad_(False)
-
-    def cost(self) -> dl.QuadraticCost:
-        """The true tracking cost, float64, frozen (learners pass ``weights=``, ``goal=``)."""
-        n = len(self.weights) - self.n_ctrl
-        return dl.QuadraticCost.tracking(self.weights, self.goal, n_state=n).double() \
-            .requires_grad_(False)
-
-    @property
-    def n_ctrl(self) -> int:
-        return {"pendulum": 1, "cartpole": 1, "rocket": 3}[self.name]
-
-    @property
-    def n_state(self) -> int:
-        return len(self.weights) - self.n_ctrl
-
-
-def env_spec(name: str, u_bound: float | None = None) -> EnvSpec:
-    """The :class:`EnvSpec` of ``name`` (one of :data:`ENVS`); ``u_bound`` overrides the
-    control bound."""
-    spec = _env_spec(name)
-    return spec if u_bound is None else dataclasses.replace(spec, u_bound=float(u_bound))
-
-
-def _env_spec(name: str) -> EnvSpec:
-    if name == "pendulum":
-        return EnvSpec("pendulum", 20, (10.0, 1.0, 1.0), (15.0, 3.0, 0.5), ("g", "m", "l"),
-                       (1.0, 1.0, 0.1, 0.001), (1.0, 0.0, 0.0, 0.0), 2.0)
-    if name == "cartpole":
-        return EnvSpec("cartpole", 20, (9.8, 1.0, 0.1, 0.5), (9.8, 3.0, 0.1, 1.0),
-                       ("g", "m_cart", "m_pole", "l"),
-                       (0.1, 0.1, 1.0, 1.0, 0.1, 0.001), (0.0, 0.0, 1.0, 0.0, 0.0, 0.0), 100.0)
-    if name == "rocket":
-        w = [1.0] * 3 + [0.1] * 3 + [1.0] * 4 + [0.1] * 3 + [0.01] * 3
-        goal = [0.0] * 6 + [1.0, 0.0, 0.0, 0.0] + [0.0] * 3 + [10.0, 0.0, 0.0]
-        return EnvSpec("rocket", 40, (0.5, 1.0, 1.0, 1.0, 1.0), (1.0, 2.0, 0.5, 2.0, 0.5),
-                       ("Jx", "Jy", "Jz", "m", "l"), tuple(w), tuple(goal), 20.0)
-    raise ValueError(f"unknown env {name!r}; choose one of {ENVS}")
-
-
-def sample_x0(name: str, n: int, gen: torch.Generator) -> Tensor:
-    """``n`` random initial states ``(n, n_state)`` (float64), DiffMPC's distributions."""
-
-    def unif(lo: float, hi: float, *shape: int) -> Tensor:
-        return torch.rand(n, *shape, generator=gen, dtype=F64) * (hi - lo) + lo
-
-    if name == "pendulum":
-        th, dth = unif(-math.pi / 2, math.pi / 2), unif(-1.0, 1.0)
-        return torch.stack([th.cos(), th.sin(), dth], -1)
-    if name == "cartpole":
-        x, dx = unif(-0.5, 0.5), unif(-0.5, 0.5)
-        th, dth = unif(-math.pi, math.pi), unif(-1.0, 1.0)
-        return torch.stack([x, dx, th.cos(), th.sin(), dth], -1)
-    if name == "rocket":
-        r = torch.stack([unif(3.0, 8.0), unif(-3.0, 3.0), unif(-3.0, 3.0)], -1)
-        v = unif(-0.5, 0.5, 3)
-        axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=F64), dim=-1)
-        half = unif(0.0, 0.3) / 2
-        q = torch.cat([half.cos()[:, None], half.sin()[:, None] * axis], -1)
-        w = unif(-0.1, 0.1, 3)
-        return torch.cat([r, v, q, w], -1)
-    raise ValueError(f"unknown env {name!r}; choose one of {ENVS}")
+    task = tasks.get(task)
+    b = control_bound(task, u_bound)
+    dyn = task.dynamics().double().requires_grad_(False)
+    cost = task.demo_tracking().cost(task.n_state).double().requires_grad_(False)
+    return dl.DiLQR(dyn, cost, horizon=task.horizon, u_lower=-b, u_upper=b,
+                    config=task.config(**config), grad=grad)
 
 
 @dataclass
@@ -182,7 +122,7 @@ class ExpertData:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field against the environment's spec; a ``ValueError`` names the first
+        """Check every field against the environment's task; a ``ValueError`` names the first
         field that is wrong (what a file from elsewhere, or an edit, can get wrong: split sizes
         that do not add up to the trajectories, wrong state / control / horizon shapes,
         non-float64 or non-finite arrays, a ``config`` that is not a dict)."""
@@ -202,8 +142,8 @@ class ExpertData:
                                     or not math.isfinite(u_bound) or u_bound <= 0):
             raise ValueError(f"expert data field config['u_bound'] must be a finite number > 0, "
                              f"got {u_bound!r}")
-        spec = env_spec(self.env)
-        T, n, m, p = spec.horizon, spec.n_state, spec.n_ctrl, len(spec.theta)
+        task = tasks.get(self.env)
+        T, n, m, p = task.horizon, task.n_state, task.n_ctrl, len(task.params)
         for k in ("x", "u", "theta", "weights", "goal"):
             v = getattr(self, k)
             if not isinstance(v, Tensor):
@@ -300,42 +240,39 @@ class ExpertData:
 def make_expert_data(env: str, n_train: int = 100, n_val: int = 10, n_test: int = 10,
                      seed: int = 0, tol: float = 1e-10, max_iter: int = 1000,
                      u_bound: float | None = None) -> ExpertData:
-    """Solve the true problem from ``n_train + n_val + n_test`` random initial states.
+    """Solve the true problem from ``n_train + n_val + n_test`` random initial states
+    (``task.demo_starts``).
 
-    ``u_bound`` overrides the environment's control bound (stored in ``config``): with the
+    ``u_bound`` overrides the task's control bound (stored in ``config``): with the
     pendulum's ``|u| <= 2`` most expert controls sit on the bound and carry no information
-    about the model (their derivative is zero), see ``agents/imitation.py``.
+    about the model (their derivative is zero), see ``agents/learners.py``.
 
     One batched solve from zero controls; a sample that does not converge is replaced by a
     fresh draw (at most 5 rounds), so every expert trajectory is a tight fixed point.
     """
-    spec = env_spec(env, u_bound)
+    if env not in ENVS:
+        raise ValueError(f"unknown env {env!r}; choose one of {ENVS}")
+    task = tasks.get(env)
     gen = torch.Generator().manual_seed(seed)
-    N = n_train + n_val + n_test
-    cfg = dl.ILQRConfig(max_iter=max_iter, tol=tol, on_unconverged="detach")
-    ctrl = dl.DiLQR(spec.dynamics(), spec.cost(), horizon=spec.horizon, u_lower=-spec.u_bound,
-                    u_upper=spec.u_bound, config=cfg)
-    x0 = sample_x0(env, N, gen)
-    import warnings
-
+    ctrl = demo_controller(task, u_bound, max_iter=max_iter, tol=tol, on_unconverged="detach")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.UnconvergedWarning)
-        sol = ctrl(x0)
+        sol = ctrl(task.demo_starts(gen, n_train + n_val + n_test))
         x, u, ok = sol.x, sol.u, sol.converged
         for _ in range(5):
             if bool(ok.all()):
                 break
             bad = torch.nonzero(~ok)[:, 0]
-            x0b = sample_x0(env, len(bad), gen)
-            s2 = ctrl(x0b)
+            s2 = ctrl(task.demo_starts(gen, len(bad)))
             x, u, ok = x.clone(), u.clone(), ok.clone()
             x[bad], u[bad], ok[bad] = s2.x, s2.u, s2.converged
         if not bool(ok.all()):
             raise RuntimeError(f"{env}: {int((~ok).sum())} expert solves did not converge")
-    config = dict(horizon=spec.horizon, u_bound=spec.u_bound, tol=tol, max_iter=max_iter,
-                  param_names=list(spec.param_names), solver="dilqr_rl.DiLQR from zeros")
+    tracking = task.demo_tracking()
+    config = dict(horizon=task.horizon, u_bound=control_bound(task, u_bound), tol=tol,
+                  max_iter=max_iter, param_names=list(task.param_names),
+                  solver="dilqr_rl.DiLQR from zeros")
     return ExpertData(env=env, x=x.detach().clone(), u=u.detach().clone(),
-                      theta=torch.tensor(spec.theta, dtype=F64),
-                      weights=torch.tensor(spec.weights, dtype=F64),
-                      goal=torch.tensor(spec.goal, dtype=F64),
+                      theta=task.theta(F64), weights=torch.tensor(tracking.weights, dtype=F64),
+                      goal=torch.tensor(tracking.goal, dtype=F64),
                       n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, config=config)

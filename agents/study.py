@@ -29,8 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cliargs import dataclass_parser, parse
 from .data import ENVS, make_expert_data
-from .imitation import LEARNERS, Args, _parser, check_fields, train
+from .fields import arg, check_fields
+from .imitation_args import LEARNERS, Args
+from .imitation_plots import plot_study
+from .training import train
 
 __all__ = ["StudyArgs", "check_study_args", "run_study", "summarize", "main"]
 
@@ -39,32 +43,22 @@ __all__ = ["StudyArgs", "check_study_args", "run_study", "summarize", "main"]
 class StudyArgs:
     """Settings of the imitation study."""
 
-    envs: str = "pendulum,cartpole"
-    """comma-separated environments"""
-    n_train: str = "50,100"
-    """comma-separated training-set sizes"""
-    seeds: int = 5
-    """number of seeds (0 .. seeds-1)"""
-    learners: str = "dilqr.dx,diffmpc.dx,dilqr.cost,diffmpc.cost,sysid,nn,mlp"
-    """comma-separated learners (add ``unroll.dx`` for the unrolled gradient's time/memory)"""
-    epochs: int = 20
-    """epochs per run (paper / DiffMPC: 1000)"""
-    eval_every: int = 5
-    """evaluate val / test every this many epochs"""
-    lr: float = 1e-2
-    """RMSprop learning rate of the model learners (paper: 1e-2)"""
-    nn_lr: float = 1e-3
-    """Adam learning rate of the networks"""
-    max_iter: int = 200
-    """iLQR iteration cap of the learners"""
-    out: str = "benchmarks/results"
-    """output folder"""
-    name: str = "imitation_study"
-    """output file stem"""
-    progress: bool = True
-    """progress bars"""
-    workers: int = 1
-    """parallel processes (each single-threaded); the machine is shared, so 1 by default"""
+    envs: str = arg("pendulum,cartpole", f"comma-separated tasks, of {','.join(ENVS)}")
+    n_train: str = arg("50,100", "comma-separated training-set sizes")
+    seeds: int = arg(5, "number of seeds (0 .. seeds-1)")
+    learners: str = arg("dilqr.dx,diffmpc.dx,dilqr.cost,diffmpc.cost,sysid,nn,mlp",
+                       f"comma-separated learners, of {','.join(LEARNERS)} (add unroll.dx for "
+                       "the unrolled gradient's time and memory)")
+    epochs: int = arg(20, "epochs per run (paper / DiffMPC: 1000)")
+    eval_every: int = arg(5, "evaluate val / test every this many epochs")
+    lr: float = arg(1e-2, "RMSprop learning rate of the model learners (paper: 1e-2)")
+    nn_lr: float = arg(1e-3, "Adam learning rate of the networks")
+    max_iter: int = arg(200, "iLQR iteration cap of the learners")
+    out: str = arg("benchmarks/results", "output folder")
+    name: str = arg("imitation_study", "output file stem")
+    progress: bool = arg(True, "progress bars")
+    workers: int = arg(1, "parallel processes (each single-threaded); the machine is shared, so "
+                      "1 by default")
 
 
 def check_study_args(sa: StudyArgs) -> None:
@@ -244,80 +238,20 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """Test imitation loss per learner; dx and cost model loss over epochs (mean ± std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = result["runs"]
-    envs = sorted({r["args"]["env"] for r in runs})
-    sizes = sorted({r["args"]["n_train"] for r in runs})
-    learners = list(dict.fromkeys(r["args"]["learner"] for r in runs))
-    fig, axes = plt.subplots(len(envs), 3, figsize=(15, 4 * len(envs)), squeeze=False)
-    rows = {(r["env"], r["n_train"], r["learner"]): r for r in result["summary"]["rows"]}
-    for i, env in enumerate(envs):
-        ax = axes[i, 0]
-        w = 0.8 / len(sizes)
-        for j, n in enumerate(sizes):
-            ms = [rows.get((env, n, ln), {}).get("test_im", (math.nan, 0, 0)) for ln in learners]
-            ax.bar(np.arange(len(learners)) + j * w, [m[0] for m in ms], w,
-                   yerr=[m[1] for m in ms], label=f"train={n}", capsize=2)
-        ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(learners)) + w * (len(sizes) - 1) / 2)
-        ax.set_xticklabels(learners, rotation=30, fontsize=8)
-        ax.set_title(f"{env}: test imitation loss")
-        ax.legend(fontsize=8)
-        for k, mode in enumerate(("dx", "cost")):
-            ax = axes[i, 1 + k]
-            for ln in learners:
-                if not ln.endswith(mode) and not (mode == "dx" and ln == "sysid"):
-                    continue
-                for j, n in enumerate(sizes):
-                    hs = [r["history"] for r in runs if r["args"]["env"] == env and
-                          r["args"]["learner"] == ln and r["args"]["n_train"] == n]
-                    if not hs:
-                        continue
-                    L = min(len(h) for h in hs)
-                    if L == 0:
-                        continue
-                    ep = [e["epoch"] for e in hs[0][:L]]
-                    v = np.array([[e["model_loss"] for e in h[:L]] for h in hs])
-                    mu, sd = v.mean(0), v.std(0)
-                    line, = ax.semilogy(ep, mu, ls=["-", "--", ":"][j % 3], label=f"{ln} n={n}")
-                    ax.fill_between(ep, np.maximum(mu - sd, 1e-12), mu + sd, alpha=0.15,
-                                    color=line.get_color())
-            ax.set(title=f"{env}: {mode} model loss", xlabel="epoch")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str]) -> int:
     """``dilqr-rl study imitation [--epochs N ...]``."""
-    p = _parser(StudyArgs, "dilqr-rl study imitation",
-                "The DiLQR paper's imitation comparison, mean ± std over seeds.")
-    sa = StudyArgs(**vars(p.parse_args(argv)))
-    try:
-        check_study_args(sa)
-    except ValueError as e:
-        p.error(str(e))
+    p = dataclass_parser(StudyArgs, "dilqr-rl study imitation",
+                         "The DiLQR paper's imitation comparison, mean ± std over seeds.")
+    sa = parse(StudyArgs, argv, p, check_study_args)
     result = run_study(sa)
     out = Path(sa.out)
     command = "dilqr-rl study imitation " + " ".join(argv)
     _atomic_write(out / f"{sa.name}.json", json.dumps(result, indent=1))
     _atomic_write(out / f"{sa.name}.md", markdown(result, command.strip()))
-    png = plot(result, out / f"{sa.name}.png")
+    png = plot_study(result, out / f"{sa.name}.png")
     partial = out / f"{sa.name}.partial.json"
     if partial.exists():
         partial.unlink()
     print(markdown(result, command.strip()))
     print(f"wrote {out / (sa.name + '.json')}, {out / (sa.name + '.md')}, {png}")
     return 0
-
-

@@ -85,9 +85,9 @@ def demo(batch: int = 8, horizon: int = 20, seed: int = 0) -> int:
 #: sub-commands implemented in ``dilqr_rl.agents``: name -> (module, function, help). Each
 #: function takes the remaining argv and returns an exit code; imported only when used.
 _AGENT_COMMANDS = {
-    "imitate": ("dilqr_rl.agents.imitation", "main_imitate",
+    "imitate": ("dilqr_rl.agents.imitation_cli", "main_imitate",
                 "behaviour cloning: learn the model through DiLQR from expert actions"),
-    "study": ("dilqr_rl.agents.imitation", "main_study",
+    "study": ("dilqr_rl.agents.imitation_cli", "main_study",
               "run a whole comparison study (e.g. `dilqr-rl study imitation`)"),
     "train": ("dilqr_rl.agents.rl", "main_train",
               "train a DiLQR actor with Stable-Baselines3 (PPO, A2C, SAC, TD3)"),

@@ -1,5 +1,6 @@
-"""Imitation learning (agents/imitation.py): data round trip, the imitation gradient at the
-true parameters, recovery of the pendulum's parameters from DiffMPC's initialization, CLI."""
+"""Imitation learning (agents/data.py, learners.py, training.py, imitation_cli.py): data round
+trip, the imitation gradient at the true parameters, recovery of the pendulum's parameters from
+DiffMPC's initialization, every learner on the same minibatches, CLI."""
 
 from __future__ import annotations
 
@@ -9,14 +10,27 @@ import warnings
 import pytest
 import torch
 
-from dilqr_rl.agents.data import ExpertData, env_spec, make_expert_data
-from dilqr_rl.agents.imitation import Args, imitation_loss, main_imitate, make_learner, train
+from dilqr_rl import tasks
+from dilqr_rl.agents import learners
+from dilqr_rl.agents.data import ExpertData, make_expert_data
+from dilqr_rl.agents.imitation import (
+    LEARNERS,
+    Args,
+    imitation_loss,
+    main_imitate,
+    make_learner,
+    train,
+)
+
+PENDULUM = tasks.get("pendulum")
 
 
 def test_expert_data_round_trip(tmp_path):
     data = make_expert_data("pendulum", n_train=4, n_val=2, n_test=3, seed=3)
     assert data.x.shape == (9, 21, 3) and data.u.shape == (9, 20, 1)
-    assert data.u.abs().max() <= 2.0 + 1e-12
+    assert data.u.abs().max() <= PENDULUM.u_upper + 1e-12
+    assert torch.equal(data.theta, PENDULUM.theta())
+    assert data.weights.tolist() == list(PENDULUM.demo_tracking().weights)
     path = data.save(tmp_path / "sub" / "pendulum.npz")
     assert [p.name for p in path.parent.iterdir()] == ["pendulum.npz"]  # no temporary left
     back = ExpertData.load(path)
@@ -39,7 +53,7 @@ def test_imitation_gradient_vanishes_at_truth(env):
     point (with the default 1e-8 the cartpole's is ~1e-5, as ``|u|`` reaches 75)."""
     data = make_expert_data(env, n_train=6, n_val=1, n_test=1, seed=1)
     x, u = data.split("train")
-    learner = make_learner(Args(env=env, learner="dilqr.dx", tol=1e-10), env_spec(env))
+    learner = make_learner(Args(env=env, learner="dilqr.dx", tol=1e-10))
     grads = {}
     for name, theta in (("truth", data.theta), ("init", learner.theta.detach().clone())):
         with torch.no_grad():
@@ -74,10 +88,11 @@ def test_dilqr_dx_recovers_pendulum_parameters():
     rec = train(args)
     f = rec["final"]
     theta = torch.tensor(f["params"], dtype=torch.float64)
-    true = torch.tensor([10.0, 1.0, 1.0], dtype=torch.float64)
+    true = PENDULUM.theta()
     rel = ((theta - true).norm() / true.norm()).item()
     g, m, l = theta.tolist()
-    assert abs((g / l) / 10.0 - 1) < 0.01 and abs(m * l * l - 1) < 0.01, theta
+    G, M, L = true.tolist()
+    assert abs((g / l) / (G / L) - 1) < 0.01 and abs(m * l * l / (M * L * L) - 1) < 0.01, theta
     assert rel < 0.05, (theta, rel)
     assert f["train_im"] < 1e-3 and not f["diverged"] and not f["nonphysical_final"]
 
@@ -97,15 +112,36 @@ def test_imitate_cli_writes_json_and_png(tmp_path, capsys):
     assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("expert_*.npz"))
 
 
-def test_all_learners_run_and_share_batches():
-    data = make_expert_data("pendulum", n_train=4, n_val=2, n_test=2, seed=0)
-    im = {}
-    for learner in ("dilqr.cost", "diffmpc.dx", "unroll.dx", "sysid", "nn", "mlp"):
-        rec = train(Args(env="pendulum", learner=learner, n_train=4, epochs=1,
+def test_all_learners_run_and_share_batches(monkeypatch):
+    """Every learner trains on the same minibatches in the same order: each one's
+    ``train_loss`` is wrapped to record the training rows it receives (found by their start
+    states), and the record is the same for all (a shuffled order over two epochs)."""
+    data = make_expert_data("pendulum", n_train=5, n_val=2, n_test=2, seed=0)
+    x_tr, _ = data.split("train")
+    seen: list[list[int]] = []
+
+    def record(train_loss):
+        def wrapped(self, x, u, u_init):
+            rows = (x[:, None, 0] == x_tr[None, :, 0]).all(-1)
+            assert (rows.sum(1) == 1).all()  # each start state is one training row
+            seen.append(rows.nonzero()[:, 1].tolist())
+            return train_loss(self, x, u, u_init)
+        return wrapped
+
+    for cls in (learners.Learner, learners.SysIdLearner):
+        monkeypatch.setattr(cls, "train_loss", record(cls.train_loss))
+    batches, im = {}, {}
+    for learner in LEARNERS:
+        seen.clear()
+        rec = train(Args(env="pendulum", learner=learner, n_train=5, epochs=2, batch_size=2,
                          max_iter=30, progress=False), data)
         f = rec["final"]
-        assert f["steps"] == 1 and not f["diverged"], learner
-        im[learner] = f["test_im"]
+        assert f["steps"] == 6 and not f["diverged"], learner
+        batches[learner], im[learner] = list(seen), f["test_im"]
+    first = batches[LEARNERS[0]]
+    assert len(first) == 6 and sorted(sum(first[:3], [])) == list(range(5))
+    assert first[:3] != first[3:]  # reshuffled between epochs
+    assert all(b == first for b in batches.values()), batches
     assert all(v == v for v in im.values())  # no NaN
     u = torch.zeros(2, 3, 1)
     assert imitation_loss(u + 1, u).item() == 1.0

@@ -1,0 +1,247 @@
+"""Imitation learners (the DiLQR paper's section 5.2 and appendix A.2, following DiffMPC's
+``imitation_nonconvex``).
+
+A learner sees expert initial states ``x0 (B, n)`` and expert controls ``u* (B, T, m)`` and
+minimizes the imitation loss ``mean |u(x0) - u*|^2`` (``sysid``: the next-state error). The
+training loop (``agents/training.py``) serves every learner with the same data, batches and
+seeds:
+
+================ ===========================================================================
+learner          what is learned, and how the gradient is computed
+================ ===========================================================================
+``dilqr.dx``     the task's dynamics parameters (``task.param_names``, from
+                 ``task.learn_init``), cost known; exact fixed-point gradient
+``dilqr.cost``   cost weights (``sigmoid`` of a logit, as DiffMPC) and goal, dynamics known;
+                 goal and weights alternate every 10 epochs (goal first, as DiffMPC)
+``diffmpc.dx``   as ``dilqr.dx`` with ``grad="last_lqr"`` (DiffMPC's gradient)
+``diffmpc.cost`` as ``dilqr.cost`` with ``grad="last_lqr"``
+``unroll.dx``    as ``dilqr.dx`` with ``grad="unroll"`` (autodiff through every iteration)
+``sysid``        dynamics parameters fitted on next-state prediction error
+                 (:func:`dilqr_rl.models.transition_loss`); controls from the known-cost iLQR
+                 with the fitted model
+``nn``           DiffMPC's LSTM policy ``x0 -> u (T, m)``
+``mlp``          an MLP policy ``x0 -> u (T, m)``
+================ ===========================================================================
+
+The controllers are :func:`agents.data.demo_controller`: the task's true model and expert
+tracking cost in float64, horizon ``task.horizon``, ``|u_i| <=`` the task's bound (or
+``Args.u_bound``). The cost learners learn the :class:`dilqr_rl.tasks.Tracking` weights
+``w = sigmoid(logit)`` and goal, compared with the expert's; the controller's cost is
+``QuadraticCost.tracking(2 w, goal)`` (the ``1/2 w`` convention).
+
+**Non-physical parameters.** Nothing is clamped, for any learner: a dynamics step may leave
+a parameter ``<= 0``; the solver still solves (the models stay finite for negative masses and
+lengths as long as no denominator is exactly zero). :meth:`Learner.nonphysical` says whether
+one is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+import dilqr_rl as dl
+from dilqr_rl import tasks
+from dilqr_rl.models import transition_loss
+from dilqr_rl.tasks import Task
+
+from .baselines import LSTMPolicy, MLPPolicy
+from .data import demo_controller
+from .imitation_args import LEARNERS, Args
+
+__all__ = ["Learner", "MPCLearner", "NNLearner", "SysIdLearner", "imitation_loss",
+           "make_learner"]
+
+F64 = torch.float64
+_GRAD = {"dilqr": "implicit", "diffmpc": "last_lqr", "unroll": "unroll"}
+
+
+def imitation_loss(u: Tensor, u_expert: Tensor) -> Tensor:
+    """``mean (u - u_expert)^2`` over ``(B, T, m)``."""
+    return (u - u_expert).pow(2).mean()
+
+
+class Learner(nn.Module):
+    """Common interface: ``train_loss``, ``predict``, ``model_loss``, ``optimizer``.
+
+    :param task: the system (:mod:`dilqr_rl.tasks`)
+    :param args: the run's settings
+    """
+
+    kind = "none"  # "dx", "cost" or "none"
+    uses_solver = False
+
+    def __init__(self, task: Task, args: Args):
+        super().__init__()
+        self.task, self.args = task, args
+        tracking = task.demo_tracking()
+        self.theta_true = task.theta(F64)
+        self.cost_true = torch.cat([torch.tensor(tracking.weights, dtype=F64),
+                                    torch.tensor(tracking.goal, dtype=F64)])
+        self.unconverged = 0
+
+    def predict(self, x0: Tensor, u_init: Tensor | None) -> Tensor:
+        """Controls ``(B, T, m)`` from ``x0 (B, n)`` (differentiable where learnable)."""
+        raise NotImplementedError
+
+    def train_loss(self, x: Tensor, u: Tensor, u_init: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(loss, predicted u (B, T, m))`` on expert states ``x (B, T+1, n)``, controls
+        ``u (B, T, m)``."""
+        pred = self.predict(x[:, 0], u_init)
+        return imitation_loss(pred, u), pred
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(self.parameters(), lr=self.args.lr,
+                                   alpha=self.args.rmsprop_alpha)
+
+    def before_step(self, epoch: int) -> None:
+        """Hook between ``backward`` and ``step`` (cost learners mask one group here)."""
+
+    def learned(self) -> Tensor | None:
+        """The learned model parameters ``(p,)`` (dx) or ``[weights; goal]`` (cost)."""
+        return None
+
+    def truth(self) -> Tensor | None:
+        """What :meth:`learned` should reach: the true parameters or ``[weights; goal]``."""
+        return {"dx": self.theta_true, "cost": self.cost_true}.get(self.kind)
+
+    def model_loss(self) -> float:
+        v, ref = self.learned(), self.truth()
+        if v is None or ref is None:
+            return math.nan
+        return float((v.detach() - ref).pow(2).mean())
+
+    def identifiable_loss(self) -> float:
+        """Pendulum dx: ``mean`` squared relative error of ``(g / l, m l^2)`` (the only
+        combinations its dynamics depend on); else NaN."""
+        v = self.learned()
+        if v is None or self.kind != "dx" or self.task.name != "pendulum":
+            return math.nan
+        g, m, l = v.detach()
+        G, M, L = self.theta_true
+        return float(((g / l) / (G / L) - 1) ** 2 + ((m * l * l) / (M * L * L) - 1) ** 2) / 2
+
+    def nonphysical(self) -> bool:
+        v = self.learned()
+        return bool(self.kind == "dx" and v is not None and (v.detach() <= 0).any())
+
+
+class MPCLearner(Learner):
+    """DiLQR controller with learnable dynamics parameters (``dx``) or cost (``cost``).
+
+    :param what: ``"dx"`` or ``"cost"``; :param grad: the layer's gradient mode
+    """
+
+    uses_solver = True
+
+    def __init__(self, task: Task, args: Args, what: str, grad: str):
+        super().__init__(task, args)
+        self.kind = what
+        self.ctrl = demo_controller(task, args.u_bound, grad=grad, max_iter=args.max_iter,
+                                    tol=args.tol, on_unconverged="warn")
+        if what == "dx":
+            if task.learn_init is None:
+                raise ValueError(f"task {task.name!r} has no learn_init (initial guess)")
+            init = [task.learn_init[k] for k in task.param_names]
+            self.theta = nn.Parameter(torch.tensor(init, dtype=F64))
+        else:
+            # DiffMPC: q = sigmoid(logit) with logit = 0 (q = 0.5), linear term 0 (goal 0)
+            n = len(self.cost_true) // 2
+            self.w_logit = nn.Parameter(torch.zeros(n, dtype=F64))
+            self.goal = nn.Parameter(torch.zeros(n, dtype=F64))
+
+    def weights(self) -> Tensor:
+        """The learned tracking weights ``w`` (``sum w (z - g)^2``)."""
+        return torch.sigmoid(self.w_logit)
+
+    def learned(self) -> Tensor:
+        if self.kind == "dx":
+            return self.theta
+        return torch.cat([self.weights(), self.goal])
+
+    def solve(self, x0: Tensor, u_init: Tensor | None) -> dl.Solution:
+        if self.kind == "dx":
+            kw: dict[str, Tensor] = {"params": self.theta}
+        else:
+            w2 = 2.0 * self.weights()  # QuadraticCost.tracking's 1/2 w convention
+            kw = {"weights": w2, "goal": self.goal,
+                  "terminal_weights": w2[: self.task.n_state]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dl.UnconvergedWarning)  # counted below instead
+            sol = self.ctrl(x0, u_init=u_init, **kw)
+        self.unconverged += int((~sol.converged).sum())
+        return sol
+
+    def predict(self, x0: Tensor, u_init: Tensor | None) -> Tensor:
+        return self.solve(x0, u_init).u
+
+    def before_step(self, epoch: int) -> None:
+        if self.kind != "cost":
+            return
+        # DiffMPC alternates p (goal) and q (weights), starting with p
+        learn_weights = (epoch // self.args.alternate_every) % 2 == 1
+        frozen = self.goal if learn_weights else self.w_logit
+        if frozen.grad is not None:
+            frozen.grad.zero_()
+
+
+class SysIdLearner(Learner):
+    """Dynamics parameters from next-state prediction; controls from the known-cost iLQR."""
+
+    kind = "dx"
+    uses_solver = True
+
+    def __init__(self, task: Task, args: Args):
+        super().__init__(task, args)
+        self.mpc = MPCLearner(task, args, "dx", "implicit")
+        self.dyn = task.dynamics().double().requires_grad_(False)
+
+    def learned(self) -> Tensor:
+        return self.mpc.theta
+
+    def predict(self, x0: Tensor, u_init: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            u = self.mpc.predict(x0, u_init)
+        self.unconverged = self.mpc.unconverged
+        return u
+
+    def train_loss(self, x: Tensor, u: Tensor, u_init: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(mean squared next-state error per coordinate, predicted u)``."""
+        pred = self.predict(x[:, 0], u_init)
+        loss = transition_loss(self.dyn, self.mpc.theta, x[:, :-1], u, x[:, 1:])
+        return loss / self.task.n_state, pred
+
+
+class NNLearner(Learner):
+    """A network policy (float32), Adam.
+
+    :param arch: ``"lstm"`` or ``"mlp"``
+    """
+
+    def __init__(self, task: Task, args: Args, arch: str):
+        super().__init__(task, args)
+        cls = LSTMPolicy if arch == "lstm" else MLPPolicy
+        self.policy = cls(task.n_state, task.n_ctrl, task.horizon)
+
+    def predict(self, x0: Tensor, u_init: Tensor | None) -> Tensor:
+        return self.policy(x0.float()).double()
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.args.nn_lr)
+
+
+def make_learner(args: Args, task: Task | str | None = None) -> Learner:
+    """The learner named ``args.learner`` (see :data:`LEARNERS`) on ``task`` (default
+    ``args.env``)."""
+    if args.learner not in LEARNERS:
+        raise ValueError(f"unknown learner {args.learner!r}; choose one of {LEARNERS}")
+    task = tasks.get(args.env if task is None else task)
+    if args.learner == "sysid":
+        return SysIdLearner(task, args)
+    if args.learner in ("nn", "mlp"):
+        return NNLearner(task, args, "lstm" if args.learner == "nn" else "mlp")
+    method, what = args.learner.split(".")
+    return MPCLearner(task, args, what, _GRAD[method])
