@@ -49,6 +49,7 @@ def test_check_env(env_id: str) -> None:
         env.close()
 
 
+@pytest.mark.slow
 def test_make_in_fresh_interpreter() -> None:
     code = ("import gymnasium, sys; e = gymnasium.make('dilqr_rl.envs:dilqr_rl/Pendulum-v0');"
             "e.reset(seed=0); e.step(e.action_space.sample());"
@@ -311,6 +312,7 @@ def _closed_loop(env_id: str, x0: list[float], ctrl_params: dict, horizon: int,
     return ret, un.state
 
 
+@pytest.mark.slow
 def test_dilqr_swings_up_pendulum() -> None:
     x0 = [math.cos(3.0), math.sin(3.0), 0.0]  # near hanging
     ret, x = _closed_loop("dilqr_rl/Pendulum-v0", x0, {}, 20, 100, 10)
@@ -320,6 +322,7 @@ def test_dilqr_swings_up_pendulum() -> None:
     assert ret_bad < 1.5 * ret  # measured: -389 (true) vs -851 (m x 5)
 
 
+@pytest.mark.slow
 def test_dilqr_swings_up_cartpole() -> None:
     x0 = [0.0, 0.0, math.cos(3.0), math.sin(3.0), 0.0]
     ret, x = _closed_loop("dilqr_rl/CartPole-v0", x0, {}, 30, 60, 3)
@@ -349,6 +352,7 @@ def _rocket_landing(ctrl_params: dict, max_iter: int) -> tuple[bool, float, dict
     return bool(info.get("landed", False)), float(np.linalg.norm(un.state[:3])), info
 
 
+@pytest.mark.slow
 def test_dilqr_lands_rocket() -> None:
     landed, dist, info = _rocket_landing({}, 60)
     assert landed and dist < 0.5 and info["tilt_deg"] < 10.0  # measured: 0.18 m, ~0.4 deg

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 import dilqr_rl as dl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -21,6 +23,7 @@ def test_fit_dynamics_moves_mass_towards_truth():
     assert abs(mass - true) < 0.6 * abs(2.0 - true)  # from 2.0 towards the truth
 
 
+@pytest.mark.slow
 def test_mpc_pendulum_right_model_beats_wrong(tmp_path):
     res = _load("mpc_pendulum").main(["--steps", "60", "--gif", str(tmp_path / "p.gif")])
     assert res["right model"] > res["wrong model"] + 50

@@ -12,6 +12,7 @@ from .problems import CFG, F64, cartpole, fd_check, pendulum, rocket
 KINDS_PENDULUM = ["x0", "g", "m", "l", "weights", "goal", "terminal_weights"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bounded", [False, True])
 def test_implicit_pendulum(bounded):
     errors, sol = fd_check(*pendulum(bounded=bounded))
@@ -25,6 +26,7 @@ def test_implicit_pendulum(bounded):
         assert e <= 1e-6, (k, e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bounded", [False, True])
 def test_implicit_cartpole(bounded):
     errors, sol = fd_check(*cartpole(bounded=bounded), directions=("weights", "goal"))
@@ -34,6 +36,7 @@ def test_implicit_cartpole(bounded):
         assert e <= 1e-6, (k, e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bounded", [False, True])
 def test_implicit_rocket(bounded):
     errors, sol = fd_check(*rocket(bounded=bounded),
@@ -45,6 +48,7 @@ def test_implicit_rocket(bounded):
         assert e <= 1e-6, (k, e)
 
 
+@pytest.mark.slow
 def test_last_lqr_differs_measurably():
     """DiffMPC's gradient drops the second-order dynamics term: on the (nonlinear) pendulum
     swing-up its error against finite differences is orders of magnitude above ours."""

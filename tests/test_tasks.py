@@ -159,6 +159,7 @@ def test_fourth_system_solver_and_env(glider: Task) -> None:
         gym.make("test/Glider-v0", mas=1.0)
 
 
+@pytest.mark.slow
 def test_readme_two_link_arm() -> None:
     """The README's "Your own system" block runs as written and reaches the goal."""
     text = README.read_text()

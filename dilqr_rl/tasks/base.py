@@ -132,7 +132,10 @@ class Task:
         if any(p.numel() != 1 for p in fresh.values()):
             raise ValueError(f"task {self.name!r}: the model's parameters must be scalars, got "
                              f"shapes { {k: tuple(p.shape) for k, p in fresh.items()} }")
-        params = {k: float(p.detach()) for k, p in fresh.items()}
+        # exact declared defaults (a float32 Parameter would round 9.8 to 9.80000019)
+        declared = self.model.param_defaults
+        params = {k: float(declared[k]) if k in declared else float(p.detach())
+                  for k, p in fresh.items()}
         if self.params is not None:
             if set(self.params) != set(params):
                 raise ValueError(f"task {self.name!r}: params must name exactly the model's "
