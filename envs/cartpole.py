@@ -70,7 +70,8 @@ class CartPoleEnv(DynamicsEnv):
     def _scene_xml(self) -> str:
         p = self.episode_params
         return cartpole_mjcf(g=p["g"], m_cart=p["m_cart"], m_pole=p["m_pole"], l=p["l"],
-                             width=self.render_width, height=self.render_height)
+                             timestep=self.dt, width=self.render_width,
+                             height=self.render_height)
 
     def _pose_scene(self, scene: SceneRenderer) -> None:
         x = self._x.numpy()

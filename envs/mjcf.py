@@ -42,9 +42,8 @@ def _header(name: str, timestep: float, g: float, integrator: str, width: int,
 """
 
 
-def pendulum_mjcf(g: float = 10.0, m: float = 1.0, l: float = 1.0, damping: float = 0.0,
-                  timestep: float = 0.05, integrator: str = "Euler", width: int = 480,
-                  height: int = 480) -> str:
+def pendulum_mjcf(g: float, m: float, l: float, timestep: float, damping: float = 0.0,
+                  integrator: str = "Euler", width: int = 480, height: int = 480) -> str:
     """The pendulum: hinge ``hinge`` (qpos = angle from upright), motor ``torque``."""
     i_c = m * l * l / 12.0  # uniform rod about its centre; + m (l/2)^2 = m l^2 / 3 at the hinge
     r = 0.04 * l
@@ -69,9 +68,9 @@ def pendulum_mjcf(g: float = 10.0, m: float = 1.0, l: float = 1.0, damping: floa
 """
 
 
-def cartpole_mjcf(g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1, l: float = 0.5,
-                  damping: float = 0.0, timestep: float = 0.05, integrator: str = "Euler",
-                  width: int = 480, height: int = 480) -> str:
+def cartpole_mjcf(g: float, m_cart: float, m_pole: float, l: float, timestep: float,
+                  damping: float = 0.0, integrator: str = "Euler", width: int = 480,
+                  height: int = 480) -> str:
     """The cart-pole: joints ``slider`` (cart position) and ``hinge`` (pole angle from
     upright), motor ``force`` on the slider; ``damping`` applies to both joints."""
     length = 2.0 * l
@@ -106,7 +105,7 @@ def cartpole_mjcf(g: float = 9.8, m_cart: float = 1.0, m_pole: float = 0.1, l: f
 """
 
 
-def rocket_mjcf(l: float = 1.0, width: int = 480, height: int = 480) -> str:
+def rocket_mjcf(l: float, width: int = 480, height: int = 480) -> str:
     """The rocket scene (rendering only): a mocap body ``rocket`` whose local ``z`` axis is
     the rocket's long (body ``x``) axis, a ground plane and a landing pad at the origin.
 

@@ -84,8 +84,8 @@ class PendulumEnv(DynamicsEnv):
 
     def _scene_xml(self) -> str:
         p = self.episode_params
-        return pendulum_mjcf(g=p["g"], m=p["m"], l=p["l"], width=self.render_width,
-                             height=self.render_height)
+        return pendulum_mjcf(g=p["g"], m=p["m"], l=p["l"], timestep=self.dt,
+                             width=self.render_width, height=self.render_height)
 
     def _pose_scene(self, scene: SceneRenderer) -> None:
         x = self._x.numpy()
