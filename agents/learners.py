@@ -115,14 +115,14 @@ class Learner(nn.Module):
         return float((v.detach() - ref).pow(2).mean())
 
     def identifiable_loss(self) -> float:
-        """Pendulum dx: ``mean`` squared relative error of ``(g / l, m l^2)`` (the only
-        combinations its dynamics depend on); else NaN."""
+        """dx learners of a task that declares identifiable combinations (the pendulum's
+        ``g / l`` and ``m l^2``): the mean squared relative error of those; else NaN."""
         v = self.learned()
-        if v is None or self.kind != "dx" or self.task.name != "pendulum":
+        if v is None or self.kind != "dx" or self.task.identifiable is None:
             return math.nan
-        g, m, l = v.detach()
-        G, M, L = self.theta_true
-        return float(((g / l) / (G / L) - 1) ** 2 + ((m * l * l) / (M * L * L) - 1) ** 2) / 2
+        got = self.task.combinations(v.detach())
+        ref = self.task.combinations(self.theta_true)
+        return float(sum(((got[k] / ref[k] - 1) ** 2) for k in ref)) / len(ref)
 
     def nonphysical(self) -> bool:
         v = self.learned()

@@ -171,3 +171,21 @@ def test_readme_two_link_arm() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     q = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", out.stdout)[:2]]
     assert abs(q[0] - math.pi / 2) < 0.05
+
+
+def test_identifiable_combinations() -> None:
+    """The pendulum's dynamics see (g, m, l) only through g / l and m l^2: parameter sets
+    with equal combinations give equal steps, and the task reports those combinations."""
+    task = dl.tasks.get("pendulum")
+    a = torch.tensor([10.0, 1.0, 1.0], dtype=F64)
+    b = torch.tensor([20.0, 0.25, 2.0], dtype=F64)  # g/l = 10, m l^2 = 1
+    ca, cb = task.combinations(a), task.combinations(b)
+    assert set(ca) == {"g/l", "m l^2"}
+    for k in ca:
+        torch.testing.assert_close(ca[k], cb[k])
+    dyn = task.dynamics().double()
+    x = task.demo_starts(torch.Generator().manual_seed(0), 4)
+    u = torch.linspace(-1, 1, 4, dtype=F64)[:, None]
+    torch.testing.assert_close(dyn.step(x, u, a), dyn.step(x, u, b))
+    assert set(dl.tasks.get("cartpole").combinations(dl.tasks.get("cartpole").theta())) == \
+        {"g", "m_cart", "m_pole", "l"}

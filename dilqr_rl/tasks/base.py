@@ -95,6 +95,9 @@ class Task:
         pairs, quaternions): their observations lie in ``[-1, 1]``
     :ivar env_id: the Gymnasium id of the task's env (``None``: no env)
     :ivar episode_steps: the env's time limit
+    :ivar identifiable: ``theta (..., p) -> {name: (...)}``, the parameter combinations the
+        dynamics actually depend on, where the raw parameters are not identifiable (the
+        pendulum depends on ``g / l`` and ``m l^2`` only); ``None``: the parameters themselves
     """
 
     name: str
@@ -114,6 +117,7 @@ class Task:
     unit_blocks: tuple[tuple[int, int, str], ...] = ()
     env_id: str | None = None
     episode_steps: int = 200
+    identifiable: Callable[[Tensor], dict[str, Tensor]] | None = None
 
     def __post_init__(self) -> None:
         def put(k: str, v: Any) -> None:
@@ -236,6 +240,13 @@ class Task:
         rng = np.random.default_rng(seed)
         return torch.tensor(np.stack([self.sample_start(rng) for _ in range(n)]),
                             dtype=torch.float64)
+
+    def combinations(self, theta: Tensor) -> dict[str, Tensor]:
+        """The identifiable combinations of ``theta (..., p)`` by name (the parameters
+        themselves when the task declares none)."""
+        if self.identifiable is not None:
+            return self.identifiable(theta)
+        return {k: theta[..., i] for i, k in enumerate(self.params)}
 
     def obs_bounds(self) -> list[tuple[float, float] | None]:
         """Observation bounds per state coordinate: ``[-1, 1]`` in unit blocks, else none."""
