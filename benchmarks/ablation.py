@@ -12,8 +12,12 @@ across horizons T in {10, 20, 50, 100}:
   accepted one.
 - ``implicit_backward`` timing is reported for the full solver.
 
-Component times come from wrapping the solver's module-level functions (linearize,
-quadratize, Riccati pass); "line search + rest" is the remainder.
+The problem is the ``pendulum`` task of :mod:`dilqr_rl.tasks` (its model, parameters, ``dt``,
+bounds and cost; the variants swap in a subclass of its model), from spread initial angles.
+
+Component times come from wrapping the functions the solver calls (the Jacobians in
+:mod:`dilqr_rl.derivatives`, the cost's quadratization, the Riccati pass in :mod:`dilqr_rl.qp`);
+"line search + rest" is the remainder.
 
 Usage: ``python benchmarks/ablation.py [--threads 1] [--batch 32] [--iters 20]``; writes
 ``benchmarks/results/ablation.json`` and ``.png``.
@@ -22,6 +26,7 @@ Usage: ``python benchmarks/ablation.py [--threads 1] [--batch 32] [--iters 20]``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -31,7 +36,11 @@ from pathlib import Path
 import torch
 
 import dilqr_rl as dl
-import dilqr_rl.ilqr as ilqr_mod
+import dilqr_rl.derivatives as derivatives_mod
+import dilqr_rl.qp as qp_mod
+from dilqr_rl import tasks
+
+PENDULUM = tasks.get("pendulum")
 
 VARIANTS = ("full", "autograd_jac", "per_step_linearization", "sequential_line_search")
 
@@ -50,9 +59,13 @@ class PerStepPendulum(dl.Pendulum):
 
     def jacobians(self, x, u, theta):
         B = x.shape[0] // self.horizon
+
+        def th(t):  # shared (p,) or per pair (B*T, p)
+            return theta if theta.dim() == 1 else theta.view(B, self.horizon, -1)[:, t]
+
         parts = [super(PerStepPendulum, self).jacobians(
-            x.view(B, self.horizon, -1)[:, t], u.view(B, self.horizon, -1)[:, t],
-            theta.view(B, self.horizon, -1)[:, t]) for t in range(self.horizon)]
+            x.view(B, self.horizon, -1)[:, t], u.view(B, self.horizon, -1)[:, t], th(t))
+            for t in range(self.horizon)]
         xn = torch.stack([p[0] for p in parts], 1).reshape(x.shape[0], -1)
         F = torch.stack([p[1] for p in parts], 1).reshape(x.shape[0], *parts[0][1].shape[1:])
         return xn, F
@@ -71,26 +84,25 @@ class Timers:
         return inner
 
 
+MODELS = {"autograd_jac": AutogradPendulum, "per_step_linearization": PerStepPendulum}
+
+
 def run(variant: str, T: int, B: int, iters: int) -> dict:
     dt = torch.float64
-    if variant == "autograd_jac":
-        dyn = AutogradPendulum()
-    elif variant == "per_step_linearization":
-        dyn = PerStepPendulum()
-        dyn.horizon = T
-    else:
-        dyn = dl.Pendulum()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
     cfg = dl.ILQRConfig(max_iter=iters, tol=0.0,
                         batched_line_search=variant != "sequential_line_search")
-    ctrl = dl.DiLQR(dyn.to(dt), cost.to(dt), horizon=T, u_lower=-2.0, u_upper=2.0, config=cfg)
+    # the pendulum task with the variant's model class (same parameters, dt, bounds, cost)
+    task = dataclasses.replace(PENDULUM, model=MODELS.get(variant, PENDULUM.model))
+    ctrl = task.controller(T, dtype=dt, config=cfg)
+    if variant == "per_step_linearization":
+        ctrl.dynamics.horizon = T
     th = torch.linspace(-0.95 * math.pi, 0.95 * math.pi, B, dtype=dt)
     x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
     ctrl(x0)  # warm-up
     timers = Timers()
-    orig = (ilqr_mod.linearize, ilqr_mod.lqr_backward, type(ctrl.cost).quadratize)
-    ilqr_mod.linearize = timers.wrap("linearize", orig[0])
-    ilqr_mod.lqr_backward = timers.wrap("riccati", orig[1])
+    orig = (derivatives_mod.linearize, qp_mod.lqr_backward, type(ctrl.cost).quadratize)
+    derivatives_mod.linearize = timers.wrap("linearize", orig[0])
+    qp_mod.lqr_backward = timers.wrap("riccati", orig[1])
     type(ctrl.cost).quadratize = timers.wrap("quadratize", orig[2])
     try:
         x0r = x0.clone().requires_grad_(True)
@@ -98,7 +110,7 @@ def run(variant: str, T: int, B: int, iters: int) -> dict:
         sol = ctrl(x0r)
         t1 = time.perf_counter()
     finally:
-        ilqr_mod.linearize, ilqr_mod.lqr_backward, type(ctrl.cost).quadratize = orig
+        derivatives_mod.linearize, qp_mod.lqr_backward, type(ctrl.cost).quadratize = orig
     comps = dict(timers.t)
     t2 = time.perf_counter()
     sol.u.sum().backward()

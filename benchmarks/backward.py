@@ -3,11 +3,13 @@
 The paper's claim (section 5.1): the implicit (fixed-point) backward costs the same whatever
 the number of forward iterations, while differentiating the unrolled solver grows with it.
 
-Grid: pendulum and cartpole, horizon T in {10, 20, 50, 100}, iterations in {10, 50, 100, 300}
-(``tol=0`` so exactly that many run), batch in {1, 64}; per cell the forward time, the backward
-time of each mode (``implicit``, ``last_lqr``, ``unroll``) and the bytes autograd keeps for
-the backward (sum of the unique storages saved on the tape: the unrolled graph's memory; on
-CUDA also the allocator's peak). All modes of a cell run side by side in one process, float64.
+Grid: the pendulum and cart-pole tasks of :mod:`dilqr_rl.tasks` (model, cost, bounds; the
+cart-pole's box tightened to 20, ``BOUNDS``), horizon T in {10, 20, 50, 100}, iterations in
+{10, 50, 100, 300} (``tol=0`` so exactly that many run), batch in {1, 64}; per cell the
+forward time, the backward time of each mode (``implicit``, ``last_lqr``, ``unroll``) and the
+bytes autograd keeps for the backward (sum of the unique storages saved on the tape: the
+unrolled graph's memory; on CUDA also the allocator's peak). All modes of a cell run side by
+side in one process, float64.
 
 Usage::
 
@@ -35,27 +37,33 @@ from pathlib import Path
 import torch
 
 import dilqr_rl as dl
+from dilqr_rl import tasks
 
 MODES = ("implicit", "last_lqr", "unroll")
+#: control bounds that replace the task's: the cart-pole's box is tightened so that controls
+#: sit on it in these swing-ups (the pendulum's own box already binds)
+BOUNDS = {"cartpole": 20.0}
 
 
-def problem(env: str, B: int, dtype: torch.dtype, device: str):
-    """Swing-up problems from spread initial angles (so some controls sit on the bounds)."""
+def angle_starts(task: tasks.Task, th: torch.Tensor) -> torch.Tensor:
+    """Start states ``(B, n)`` at rest with the angles ``th (B,)`` in the task's
+    ``(cos th, sin th)`` block (its first unit block), every other coordinate zero."""
+    lo = task.unit_blocks[0][0]
+    x0 = torch.zeros(th.shape[0], task.n_state, dtype=th.dtype)
+    x0[:, lo], x0[:, lo + 1] = th.cos(), th.sin()
+    return x0
+
+
+def problem(env: str, B: int, T: int, iters: int, mode: str, dtype: torch.dtype, device: str):
+    """The task ``env``'s controller (its model, parameters, cost and bounds, except
+    ``BOUNDS``) with ``iters`` iterations, and swing-ups from spread initial angles (so some
+    controls sit on the bounds)."""
+    task = tasks.get(env)
+    box = {} if env not in BOUNDS else {"u_lower": -BOUNDS[env], "u_upper": BOUNDS[env]}
+    ctrl = task.controller(T, dtype=dtype, config=dl.ILQRConfig(max_iter=iters, tol=0.0),
+                           grad=mode, **box).to(device)
     th = torch.linspace(-2.8, 2.8, B, dtype=dtype) if B > 1 else torch.tensor([2.5], dtype=dtype)
-    if env == "pendulum":
-        dyn = dl.Pendulum()
-        cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
-        x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
-        bound = 2.0
-    else:
-        dyn = dl.CartPole()
-        cost = dl.QuadraticCost.tracking([0.1, 0.1, 1, 1, 0.1, 0.001], [0, 0, 1, 0, 0, 0],
-                                         n_state=5)
-        z = torch.zeros_like(th)
-        x0 = torch.stack([z, z, th.cos(), th.sin(), z], -1)
-        bound = 20.0
-    dyn, cost = dyn.to(device, dtype), cost.to(device, dtype)
-    return dyn, cost, x0.to(device), bound
+    return ctrl, angle_starts(task, th).to(device)
 
 
 class SavedBytes:
@@ -90,13 +98,11 @@ def sync(device: str) -> None:
 
 def run_cell(env: str, T: int, iters: int, B: int, mode: str, device: str,
              repeats: int) -> dict:
-    dyn, cost, x0, bound = problem(env, B, torch.float64, device)
-    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=-bound, u_upper=bound,
-                    config=dl.ILQRConfig(max_iter=iters, tol=0.0), grad=mode)
+    ctrl, x0 = problem(env, B, T, iters, mode, torch.float64, device)
     gen = torch.Generator().manual_seed(0)
-    wu = torch.randn(B, T, dyn.n_ctrl, generator=gen, dtype=torch.float64).to(device)
-    wx = torch.randn(B, T + 1, dyn.n_state, generator=gen, dtype=torch.float64).to(device)
-    params = [*dyn.parameters(), *cost.parameters()]
+    wu = torch.randn(B, T, ctrl.n_ctrl, generator=gen, dtype=torch.float64).to(device)
+    wx = torch.randn(B, T + 1, ctrl.n_state, generator=gen, dtype=torch.float64).to(device)
+    params = list(ctrl.parameters())
     best_f = best_b = math.inf
     saved = 0
     peak = None

@@ -3,8 +3,9 @@
 Runs on CUDA when available, with CPU numbers from the same machine beside it, and prints one
 table (also written to ``benchmarks/results/gpu.json``):
 
-1. Batch scaling: pendulum swing-ups, ``B`` up to 4096, ``T`` up to 100, a fixed number of
-   iLQR iterations (``tol=0``), forward time and implicit backward time, per sample.
+1. Batch scaling: pendulum swing-ups (the ``pendulum`` task of :mod:`dilqr_rl.tasks`), ``B``
+   up to 4096, ``T`` up to 100, a fixed number of iLQR iterations (``tol=0``), forward time
+   and implicit backward time, per sample.
 2. Backward cost vs iterations: implicit vs unrolled autodiff at ``T = 10``, ``B = 1``.
 
 Designed to finish in under 5 minutes on one GPU. ``--quick`` shrinks the grid (for a CPU-only
@@ -25,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dilqr_rl as dl  # noqa: E402  (after the path fix, so a plain checkout works)
+from dilqr_rl import tasks  # noqa: E402
 
 
 def make(B: int, T: int, iters: int, device: str, grad: str = "implicit"):
+    """The pendulum task's controller (model, cost, bounds) and ``B`` spread start angles."""
     dt = torch.float64 if device == "cpu" else torch.float32
-    dyn = dl.Pendulum().to(device, dt)
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
-    ctrl = dl.DiLQR(dyn, cost.to(device, dt), horizon=T, u_lower=-2.0, u_upper=2.0,
-                    config=dl.ILQRConfig(max_iter=iters, tol=0.0), grad=grad)
+    ctrl = tasks.get("pendulum").controller(
+        T, dtype=dt, config=dl.ILQRConfig(max_iter=iters, tol=0.0), grad=grad).to(device)
     th = torch.linspace(-math.pi * 0.95, math.pi * 0.95, B, dtype=dt, device=device)
     x0 = torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)
     return ctrl, x0

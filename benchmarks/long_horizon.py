@@ -40,20 +40,28 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from dilqr_rl import tasks
 from dilqr_rl.lqr import lqr_solve
 from dilqr_rl.scan import lqr_solve_scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backward import sync  # noqa: E402  (device synchronisation for the timers)
 
 METHODS = {"sequential": lqr_solve, "scan": lqr_solve_scan}
 TS = (50, 100, 200, 500, 1000, 2000, 5000)
 #: short horizons timed as well, to locate a crossover below the grid's 50 (cheap)
 PROBE_TS = (2, 5, 10, 20)
 BS = (1, 32)
-SIZES = ((3, 1), (5, 1))  # (n, m): pendulum, cart-pole
+#: (n, m) of the pendulum and the cart-pole tasks
+SIZES = tuple((t.n_state, t.n_ctrl) for t in map(tasks.get, ("pendulum", "cartpole")))
+#: time step of the random LQRs: the pendulum task's
+DT = tasks.get("pendulum").dt
 RATIO_T = (100, 2000)
 
 
@@ -61,7 +69,7 @@ def problem(B: int, T: int, n: int, m: int, device: str, kind: str = "stable",
             dtype=torch.float64, seed: int = 0):
     """A random, well-conditioned, time-varying LQR like the adjoint LQR of a swing-up.
 
-    ``F_x = I + dt A_t``, ``dt = 0.05``, ``A_t = A + 0.2 N_t`` with ``A`` a random oscillation
+    ``F_x = I + dt A_t``, ``dt = DT``, ``A_t = A + 0.2 N_t`` with ``A`` a random oscillation
     (skew-symmetric, frequencies of a few rad/s) with damping 0.2 (``kind="stable"``: the open
     loop decays slowly) or, for ``kind="unstable"``, plus a rank-one part ``3 v v^T`` (one mode
     grows at about 3/s, as a pendulum near upright); ``F_u = dt (G + 0.1 N_t)`` with a random
@@ -73,7 +81,7 @@ def problem(B: int, T: int, n: int, m: int, device: str, kind: str = "stable",
         x0 (B, n)]`` and ``free (B, T, m)`` bool, on ``device``
     """
     g = torch.Generator().manual_seed(seed)
-    dt = 0.05
+    dt = DT
     nz = n + m
 
     def r(*shape):
@@ -99,11 +107,6 @@ def problem(B: int, T: int, n: int, m: int, device: str, kind: str = "stable",
     x0 = torch.zeros(B, n, dtype=dtype)
     free = torch.rand(B, T, m, generator=g) > 0.1
     return [t.to(device) for t in (F, C, c, CT, cT, x0)], free.to(device)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def time_call(fn, device: str) -> float:

@@ -1,8 +1,10 @@
 """DiLQR versus ``mpc.pytorch`` (DiffMPC) on the same problems, side by side in one run.
 
-Same model (``mpc.pytorch``'s ``PendulumDx`` / ``CartpoleDx`` equations, which ours copy), same
-quadratic cost ``1/2 tau^T C tau + c^T tau`` over ``T`` steps (our terminal cost set to zero so
-the problems coincide), same bounds, initial states, iteration cap and no early exit
+Same model (``mpc.pytorch``'s ``PendulumDx`` / ``CartpoleDx`` equations, which ours copy), both
+with the parameters, ``dt`` and bounds of the task (:mod:`dilqr_rl.tasks`); same quadratic cost
+``1/2 tau^T C tau + c^T tau`` over ``T`` steps: the task's stage cost ``sum_i w_i (z_i - g_i)^2``
+is ``C = diag(2 w)``, ``c = -2 w g`` (plus a constant) in that convention (our terminal cost set
+to zero so the problems coincide); same initial states, iteration cap and no early exit
 (``mpc.pytorch``: ``eps=0`` and ``not_improved_lim`` infinite; ours: ``tol=0``).
 ``mpc.pytorch``'s models ship no analytic derivatives, so it runs with
 ``GradMethods.AUTO_DIFF``; it uses the model's own line-search settings.
@@ -33,38 +35,43 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 import dilqr_rl as dl
+from dilqr_rl import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backward import SavedBytes  # noqa: E402  (the tape meter of the backward benchmark)
+from backward import SavedBytes, angle_starts  # noqa: E402  (the backward benchmark's helpers)
 
-ENVS = {
-    # name: (weights over [x; u], goal, bound, mpc line-search decay, max line-search iters)
-    "pendulum": ([1.0, 1.0, 0.1, 0.001], [1.0, 0.0, 0.0, 0.0], 2.0, 0.2, 5),
-    "cartpole": ([0.1, 0.1, 1.0, 1.0, 0.1, 0.001], [0, 0, 1.0, 0, 0, 0], 100.0, 0.5, 2),
-}
+#: per task: ``mpc.pytorch``'s line-search decay and maximum line-search iterations
+ENVS = {"pendulum": (0.2, 5), "cartpole": (0.5, 2)}
+#: the order of the physical parameters in ``mpc.pytorch``'s ``params`` vector
+MPC_PARAMS = {"pendulum": ("g", "m", "l"), "cartpole": ("g", "m_cart", "m_pole", "l")}
+
+
+def quad_cost(env: str, dtype) -> tuple[Tensor, Tensor]:
+    """The task's stage cost as ``1/2 z^T diag(q) z + c^T z`` (+ const) over ``z = [x; u]``:
+    its :class:`dilqr_rl.tasks.Tracking` cost ``sum w (z - g)^2`` has ``q = 2 w``,
+    ``c = -2 w g``. :return: ``q (n+m,)``, ``c (n+m,)``"""
+    track = tasks.get(env).cost
+    q = 2.0 * torch.tensor(track.weights, dtype=dtype)
+    return q, -q * torch.tensor(track.goal, dtype=dtype)
 
 
 def initial_states(env: str, B: int, dtype, seed: int = 0) -> torch.Tensor:
+    """At rest, angles ``th ~ U(-pi, pi)`` (drawn in float64)."""
     g = torch.Generator().manual_seed(seed)
     th = (torch.rand(B, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
-    z = torch.zeros(B, dtype=torch.float64)
-    if env == "pendulum":
-        x0 = torch.stack([th.cos(), th.sin(), z], -1)
-    else:
-        x0 = torch.stack([z, z, th.cos(), th.sin(), z], -1)
-    return x0.to(dtype)
+    return angle_starts(tasks.get(env), th).to(dtype)
 
 
 def ours(env: str, B: int, T: int, dtype, iters: int, tol: float, bound: float):
-    w, goal, *_ = ENVS[env]
-    q = torch.tensor(w, dtype=dtype)
-    n = 3 if env == "pendulum" else 5
-    dyn = (dl.Pendulum() if env == "pendulum" else dl.CartPole()).to(dtype)
-    cost = dl.QuadraticCost(n, torch.diag(q), -q * torch.tensor(goal, dtype=dtype),
-                            torch.zeros(n, n, dtype=dtype), torch.zeros(n, dtype=dtype)).to(dtype)
-    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=-bound, u_upper=bound,
+    task = tasks.get(env)
+    n = task.n_state
+    q, c = quad_cost(env, dtype)
+    cost = dl.QuadraticCost(n, torch.diag(q), c, torch.zeros(n, n, dtype=dtype),
+                            torch.zeros(n, dtype=dtype)).to(dtype)
+    ctrl = dl.DiLQR(task.dynamics().to(dtype), cost, horizon=T, u_lower=-bound, u_upper=bound,
                     config=dl.ILQRConfig(max_iter=iters, tol=tol, on_unconverged="warn"))
     return ctrl
 
@@ -85,20 +92,23 @@ def theirs(env: str, B: int, T: int, dtype, iters: int, eps: float, bound: float
     from mpc.mpc import GradMethods, QuadCost
 
     _patch_mpc()
-    w, goal, _, decay, ls = ENVS[env]
+    task = tasks.get(env)
+    decay, ls = ENVS[env]
+    # the task's true parameters in mpc's order (also ours: the gradients are compared)
+    assert tuple(task.params) == MPC_PARAMS[env], (tuple(task.params), MPC_PARAMS[env])
+    params = task.theta(dtype).requires_grad_(True)
     if env == "pendulum":
-        dx = pendulum.PendulumDx(params=torch.tensor([10.0, 1.0, 1.0], dtype=dtype,
-                                                     requires_grad=True), simple=True)
+        dx = pendulum.PendulumDx(params=params, simple=True)
         dx.max_torque = bound
     else:
-        dx = cartpole.CartpoleDx(params=torch.tensor([9.8, 1.0, 0.1, 0.5], dtype=dtype,
-                                                     requires_grad=True))
+        dx = cartpole.CartpoleDx(params=params)
         dx.force_mag = bound
-    nz = len(w)
-    q = torch.tensor(w, dtype=dtype)
+    dx.dt = task.dt
+    q, cq = quad_cost(env, dtype)
+    nz = q.shape[0]
     C = torch.diag(q).expand(T, B, nz, nz).clone().requires_grad_(True)
-    c = (-q * torch.tensor(goal, dtype=dtype)).expand(T, B, nz).clone().requires_grad_(True)
-    m = 1
+    c = cq.expand(T, B, nz).clone().requires_grad_(True)
+    m = task.n_ctrl
     ctrl = mpc.MPC(nz - m, m, T, u_lower=-bound * torch.ones(T, B, m, dtype=dtype),
                    u_upper=bound * torch.ones(T, B, m, dtype=dtype), lqr_iter=iters,
                    verbose=-1, exit_unconverged=False, detach_unconverged=False,
@@ -131,7 +141,7 @@ def _timed(solve, params, x0, repeats):
 
 
 def time_ours(env, B, T, dtype, iters, repeats):
-    ctrl = ours(env, B, T, dtype, iters, 0.0, ENVS[env][2])
+    ctrl = ours(env, B, T, dtype, iters, 0.0, tasks.get(env).u_upper)
 
     def solve(x0):
         sol = ctrl(x0)
@@ -141,7 +151,7 @@ def time_ours(env, B, T, dtype, iters, repeats):
 
 
 def time_theirs(env, B, T, dtype, iters, repeats):
-    ctrl, dx, qc, C, c = theirs(env, B, T, dtype, iters, 0.0, ENVS[env][2])
+    ctrl, dx, qc, C, c = theirs(env, B, T, dtype, iters, 0.0, tasks.get(env).u_upper)
 
     def solve(x0):
         x, u, _ = ctrl(x0, qc, dx)
@@ -155,9 +165,9 @@ def accuracy(env: str, bounded: bool, T: int = 20, B: int = 4) -> dict:
     against 4th-order central differences of the converged solution (our solver, warm-started
     from the nominal solution, active set checked unchanged)."""
     dt = torch.float64
-    bound = ENVS[env][2] if bounded else 1e6
+    bound = tasks.get(env).u_upper if bounded else 1e6
     if env == "cartpole" and bounded:
-        bound = 3.0  # the model's 100 N is never reached in these swing-ups
+        bound = 3.0  # the task's bound is never reached in these swing-ups
     x0 = initial_states(env, B, dt, seed=1)
     ctrl = ours(env, B, T, dt, 1000, 1e-13, bound)
     g = torch.Generator().manual_seed(3)
@@ -253,7 +263,7 @@ def main(argv=None):
         partial.write_text(json.dumps({"speed": rows}, indent=1))
     acc = [accuracy(e, b) for e in tqdm(ENVS, desc="accuracy") for b in (False, True)]
     # scale: batch 1024, T = 50 pendulum, forward + implicit backward in one call
-    ctrl = ours("pendulum", 1024, 50, torch.float64, 100, 1e-7, 2.0)
+    ctrl = ours("pendulum", 1024, 50, torch.float64, 100, 1e-7, tasks.get("pendulum").u_upper)
     x0 = initial_states("pendulum", 1024, torch.float64).requires_grad_(True)
     t0 = time.perf_counter()
     sol = ctrl(x0)
