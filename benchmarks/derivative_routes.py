@@ -58,7 +58,8 @@ from torch.func import hessian, jacfwd, jacrev, vmap
 import dilqr_rl as dl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from general_models import LinearModel, code_version, finite_json  # noqa: E402
+from general_models_problems import LinearModel  # noqa: E402
+from general_models_report import code_version, finite_json  # noqa: E402
 
 try:  # the batched reverse-pass helpers (absent if the solver core drops them)
     from dilqr_rl.models import hessian_rows, jacobian_rows
@@ -155,87 +156,76 @@ def routes(dyn: dl.Dynamics, Z: Tensor, lam: Tensor):
     return r
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    repeats = 5 if args.quick else 15
-    budget = 2.0 if args.quick else 6.0
-    n, m = 8, 4
-    load0 = os.getloadavg()
-    rows, best = [], []
-    for mname, dyn in (("linear", LinearModel(n, m, 0)), ("tanh", TanhModel(n, m, 0))):
-        for B in (32, 256):
-            N = B * T
-            g = torch.Generator().manual_seed(N)
-            Z = torch.randn(N, n + m, generator=g, dtype=DT)
-            lam = torch.randn(N, n, generator=g, dtype=DT)
-            results = {}
-            timed = time_round_robin(routes(dyn, Z, lam), repeats, budget)
-            for (q, route, params), res in timed.items():
-                base = {"model": mname, "N": N, "B": B, "T": T, "quantity": q, "route": route,
-                        "params": params}
-                if isinstance(res, Exception):
-                    rows.append({**base, "error": f"{type(res).__name__}: {res}"[:300]})
-                    print(f"{mname} N={N} {q} {route} {params}: FAILED {res}", flush=True)
-                    continue
-                med, mn, runs, out = res
-                results[(q, route, params)] = out
-                rows.append({**base, "median_s": med, "min_s": mn, "runs": runs})
-            for row in rows:
-                if row["model"] != mname or row["N"] != N or "error" in row:
-                    continue
-                key = (row["quantity"], row["route"], row["params"])
-                ref = results.get((row["quantity"], "rows" if jacobian_rows else "library",
-                                   "shared")) if row["quantity"] != "f" else \
-                    results.get(("f", "module_call", "shared"))
-                if ref is not None and key in results:
-                    row["max_abs_diff_vs_reference"] = float((results[key] - ref).abs().max())
-            for q in ("f", "jacobian", "hessian"):
-                cand = sorted((r for r in rows if r["model"] == mname and r["N"] == N and
-                               r["quantity"] == q and "median_s" in r),
-                              key=lambda r: r["median_s"])
-                libs = {p: next((r for r in cand if r["route"] in ("library", "step") and
-                                 r["params"] == p), None) for p in ("shared", "per_sample")}
-                fastest = cand[0]
-                by_min = min(cand, key=lambda r: r["min_s"])
-                best.append({
-                    "model": mname, "N": N, "quantity": q,
-                    "fastest": f"{fastest['route']}/{fastest['params']}",
-                    "fastest_ms": fastest["median_s"] * 1e3,
-                    "fastest_by_min_time": f"{by_min['route']}/{by_min['params']}",
-                    "runner_up": f"{cand[1]['route']}/{cand[1]['params']}" if len(cand) > 1
-                    else None,
-                    "speedup_vs_runner_up": cand[1]["median_s"] / fastest["median_s"]
-                    if len(cand) > 1 else None,
-                    **{f"library_{p}_ms": None if r is None else r["median_s"] * 1e3
-                       for p, r in libs.items()},
-                    **{f"library_{p}_over_fastest": None if r is None else
-                       r["median_s"] / fastest["median_s"] for p, r in libs.items()}})
-            print(f"{mname} N={N} done", flush=True)
+    return ap.parse_args(argv)
 
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "dtype": "float64",
-            "n": n, "m": m, "T": T, "quick": args.quick, **code_version(),
-            "timing": f"median (and min) of up to {repeats} calls after 2 warm-up calls; the "
-                      "routes called in turn (rounds), a route stops after 3 calls once it has "
-                      f"used {budget} s; fastest = lowest median",
-            "reference": "rows/shared (f: module_call/shared)",
-            "library": "Dynamics.jacobians / weighted_hessian (f: Dynamics.step) of the "
-                       "measured code, with theta (p,) (shared) or (N, p) (per_sample)",
-            "load_average_at_start": load0, "load_average_at_end": os.getloadavg()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "derivative_routes.json").write_text(json.dumps(
-        finite_json({"meta": meta, "timings": rows, "fastest": best}), indent=1,
-        allow_nan=False))
 
-    print(f"\nthreads={meta['threads']}, float64, n={n}, m={m}; per cell: median ms, min ms "
-          "(max |diff| vs the reference)")
+def measure(mname: str, dyn: dl.Dynamics, B: int, repeats: int, budget: float) -> list[dict]:
+    """Rows of one model and batch size: every route's times, or its error, and its largest
+    difference from the reference (``rows``/shared; ``f``: ``module_call``/shared)."""
+    n, m = dyn.n_state, dyn.n_ctrl
+    N = B * T
+    g = torch.Generator().manual_seed(N)
+    Z = torch.randn(N, n + m, generator=g, dtype=DT)
+    lam = torch.randn(N, n, generator=g, dtype=DT)
+    rows, results = [], {}
+    for (q, route, params), res in time_round_robin(routes(dyn, Z, lam), repeats,
+                                                    budget).items():
+        base = {"model": mname, "N": N, "B": B, "T": T, "quantity": q, "route": route,
+                "params": params}
+        if isinstance(res, Exception):
+            rows.append({**base, "error": f"{type(res).__name__}: {res}"[:300]})
+            print(f"{mname} N={N} {q} {route} {params}: FAILED {res}", flush=True)
+            continue
+        med, mn, runs, out = res
+        results[(q, route, params)] = out
+        rows.append({**base, "median_s": med, "min_s": mn, "runs": runs})
+    for row in rows:
+        if "error" in row:
+            continue
+        key = (row["quantity"], row["route"], row["params"])
+        ref = results.get((row["quantity"], "rows" if jacobian_rows else "library",
+                           "shared")) if row["quantity"] != "f" else \
+            results.get(("f", "module_call", "shared"))
+        if ref is not None and key in results:
+            row["max_abs_diff_vs_reference"] = float((results[key] - ref).abs().max())
+    return rows
+
+
+def fastest(rows: list[dict]) -> list[dict]:
+    """Per quantity of one model and batch size (``rows`` of :func:`measure`): the fastest
+    route by median (and by min time), the runner-up, and the library's routes against it."""
+    best = []
+    for q in ("f", "jacobian", "hessian"):
+        cand = sorted((r for r in rows if r["quantity"] == q and "median_s" in r),
+                      key=lambda r: r["median_s"])
+        libs = {p: next((r for r in cand if r["route"] in ("library", "step") and
+                         r["params"] == p), None) for p in ("shared", "per_sample")}
+        top = cand[0]
+        by_min = min(cand, key=lambda r: r["min_s"])
+        best.append({
+            "model": top["model"], "N": top["N"], "quantity": q,
+            "fastest": f"{top['route']}/{top['params']}",
+            "fastest_ms": top["median_s"] * 1e3,
+            "fastest_by_min_time": f"{by_min['route']}/{by_min['params']}",
+            "runner_up": f"{cand[1]['route']}/{cand[1]['params']}" if len(cand) > 1
+            else None,
+            "speedup_vs_runner_up": cand[1]["median_s"] / top["median_s"]
+            if len(cand) > 1 else None,
+            **{f"library_{p}_ms": None if r is None else r["median_s"] * 1e3
+               for p, r in libs.items()},
+            **{f"library_{p}_over_fastest": None if r is None else
+               r["median_s"] / top["median_s"] for p, r in libs.items()}})
+    return best
+
+
+def print_timings(rows: list[dict]) -> None:
+    """Per model and quantity, every route's median / min ms per ``N`` (and its difference
+    from the reference), routes sorted by their first median."""
     for mname in ("linear", "tanh"):
         for q in ("f", "jacobian", "hessian"):
             sel = [r for r in rows if r["model"] == mname and r["quantity"] == q]
@@ -257,6 +247,9 @@ def main(argv=None):
                         cells.append(f"{r['median_s'] * 1e3:8.2f} {r['min_s'] * 1e3:7.2f} "
                                      f"({dd:>6})".rjust(26))
                 print(f"   {k[0] + '/' + k[1]:30}" + "  ".join(cells))
+
+
+def print_fastest(best: list[dict]) -> None:
     print("\nfastest:")
     for b in best:
         cur = "".join(f"; library/{p} {b[f'library_{p}_over_fastest']:.1f}x"
@@ -268,6 +261,44 @@ def main(argv=None):
             f" [by min time: {b['fastest_by_min_time']}]"
         print(f"  {b['model']:6} N={b['N']:<5} {b['quantity']:8} {b['fastest']:28} "
               f"{b['fastest_ms']:.2f} ms{ru}{cur}{alt}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 5 if args.quick else 15
+    budget = 2.0 if args.quick else 6.0
+    n, m = 8, 4
+    load0 = os.getloadavg()
+    rows, best = [], []
+    for mname, dyn in (("linear", LinearModel(n, m, 0)), ("tanh", TanhModel(n, m, 0))):
+        for B in (32, 256):
+            cell = measure(mname, dyn, B, repeats, budget)
+            rows += cell
+            best += fastest(cell)
+            print(f"{mname} N={B * T} done", flush=True)
+
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "dtype": "float64",
+            "n": n, "m": m, "T": T, "quick": args.quick, **code_version(),
+            "timing": f"median (and min) of up to {repeats} calls after 2 warm-up calls; the "
+                      "routes called in turn (rounds), a route stops after 3 calls once it has "
+                      f"used {budget} s; fastest = lowest median",
+            "reference": "rows/shared (f: module_call/shared)",
+            "library": "Dynamics.jacobians / weighted_hessian (f: Dynamics.step) of the "
+                       "measured code, with theta (p,) (shared) or (N, p) (per_sample)",
+            "load_average_at_start": load0, "load_average_at_end": os.getloadavg()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "derivative_routes.json").write_text(json.dumps(
+        finite_json({"meta": meta, "timings": rows, "fastest": best}), indent=1,
+        allow_nan=False))
+
+    print(f"\nthreads={meta['threads']}, float64, n={n}, m={m}; per cell: median ms, min ms "
+          "(max |diff| vs the reference)")
+    print_timings(rows)
+    print_fastest(best)
 
 
 if __name__ == "__main__":
