@@ -48,9 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from dilqr_rl import tasks
+
 ENVS = ("dilqr_rl/Pendulum-v0", "dilqr_rl/MujocoPendulum-v0")
-WRONG = {"g": 14.0, "m": 1.4, "l": 0.6}  # +40 %, +40 %, -40 %
-TRUE = {"g": 10.0, "m": 1.0, "l": 1.0}
+PENDULUM = tasks.get("pendulum")  # the task of both envs
+TRUE = dict(PENDULUM.params)
+WRONG = {"g": 14.0, "m": 1.4, "l": 0.6}  # +40 %, +40 %, -40 % of TRUE
 METHODS = ("dilqr_ppo_sysid", "dilqr_ppo", "mlp_ppo", "mlp_sac")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -188,7 +191,7 @@ def first_reach(t: list[int], curve: np.ndarray, threshold: float) -> int | None
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=int, default=2048, help="env steps per DiLQR run")
     p.add_argument("--mlp-budget", type=int, default=8192,
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--eval-freq", type=int, default=128)
     p.add_argument("--eval-episodes", type=int, default=2)
-    p.add_argument("--horizon", type=int, default=20)
+    p.add_argument("--horizon", type=int, default=PENDULUM.horizon)
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reuse", action="store_true",
@@ -206,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(re-aggregate without retraining)")
     p.add_argument("--work-dir", default=os.path.join("runs", "rl_sample_efficiency"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "rl_sample_efficiency"))
-    opt = p.parse_args(argv)
-    t_start = time.perf_counter()
+    return p.parse_args(argv)
 
+
+def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every training run and the true- and wrong-model MPC evaluations, in a process pool."""
     jobs = [(m, e, s, run_args(m, e, s, opt), opt.reuse) for e in opt.envs
             for m in opt.methods for s in opt.seeds]
     mpc_jobs = [(e, prm, opt) for e in opt.envs for prm in (TRUE, WRONG)]
@@ -217,50 +222,67 @@ def main(argv: list[str] | None = None) -> int:
         mpc_res = pool.map_async(_mpc, mpc_jobs)
         runs = pool.map(_one, jobs, chunksize=1)
         mpc_out = mpc_res.get()
+    return runs, mpc_out
 
+
+def method_record(m: str, rs: list[dict[str, Any]], true_mpc: dict[str, Any], thr: float
+                  ) -> dict[str, Any]:
+    """Seed-mean curve of one method on one env, its steps to the threshold ``thr``, and for
+    the DiLQR methods the model's parameter errors and the per-seed steps to target."""
+    t = rs[0]["timesteps"]
+    curves = np.array([r["mean"] for r in rs])
+    mu, sd = curves.mean(0), curves.std(0)
+    rec: dict[str, Any] = {
+        "timesteps": t, "mean": mu.tolist(), "std": sd.tolist(),
+        "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
+        "steps_to_target": first_reach(t, mu, thr),
+        "train_s_per_step": float(np.mean([r["train_s_per_step"] for r in rs])),
+    }
+    if m.startswith("dilqr"):
+        rec.update(param_errors(rs))
+        # per seed: the first evaluation within 10 % of the true-model MPC's return on
+        # that seed's evaluation episodes (the same initial states)
+        rec["seed_steps_to_target"] = [
+            first_reach(r["timesteps"], r["mean"],
+                        within_10pct(true_mpc["per_seed"][str(r["seed"])]))
+            for r in rs]
+    return rec
+
+
+def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
+               mpc_out: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of one env: the MPC references, every method, the targets."""
+    true_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == TRUE)
+    wrong_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == WRONG)
+    thr = within_10pct(true_mpc["mean"])
+    er: dict[str, Any] = {"mpc_true": true_mpc, "mpc_wrong": wrong_mpc, "threshold": thr,
+                          "methods": {}}
+    for m in opt.methods:
+        rs = [r for r in runs if r["env"] == env and r["method"] == m]
+        er["methods"][m] = method_record(m, rs, true_mpc, thr)
+    mlp = [er["methods"][m]["steps_to_target"] for m in opt.methods if m.startswith("mlp")]
+    mlp_reached = [s for s in mlp if s is not None]
+    best_mlp = min(mlp_reached) if mlp_reached else None
+    er["best_mlp_steps"] = best_mlp
+    for m in opt.methods:
+        if m.startswith("dilqr"):
+            er["methods"][m].update(target(er["methods"][m]["steps_to_target"], best_mlp,
+                                           opt.mlp_budget))
+    return er
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
+    t_start = time.perf_counter()
+    runs, mpc_out = run_all(opt)
     report: dict[str, Any] = {"budget": opt.budget, "mlp_budget": opt.mlp_budget,
                               "seeds": opt.seeds,
                               "eval_freq": opt.eval_freq, "eval_episodes": opt.eval_episodes,
                               "horizon": opt.horizon, "max_iter": opt.max_iter,
                               "wrong_params": WRONG, "true_params": TRUE, "threads": 1,
-                              "workers": opt.workers, "envs": {}}
-    for env in opt.envs:
-        true_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == TRUE)
-        wrong_mpc = next(r for r in mpc_out if r["env"] == env and r["params"] == WRONG)
-        R = true_mpc["mean"]
-        thr = within_10pct(R)
-        er: dict[str, Any] = {"mpc_true": true_mpc, "mpc_wrong": wrong_mpc, "threshold": thr,
-                              "methods": {}}
-        for m in opt.methods:
-            rs = [r for r in runs if r["env"] == env and r["method"] == m]
-            t = rs[0]["timesteps"]
-            curves = np.array([r["mean"] for r in rs])
-            mu, sd = curves.mean(0), curves.std(0)
-            rec: dict[str, Any] = {
-                "timesteps": t, "mean": mu.tolist(), "std": sd.tolist(),
-                "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
-                "steps_to_target": first_reach(t, mu, thr),
-                "train_s_per_step": float(np.mean([r["train_s_per_step"] for r in rs])),
-            }
-            if m.startswith("dilqr"):
-                rec.update(param_errors(rs))
-                # per seed: the first evaluation within 10 % of the true-model MPC's return on
-                # that seed's evaluation episodes (the same initial states)
-                rec["seed_steps_to_target"] = [
-                    first_reach(r["timesteps"], r["mean"],
-                                within_10pct(true_mpc["per_seed"][str(r["seed"])]))
-                    for r in rs]
-            er["methods"][m] = rec
-        mlp = [er["methods"][m]["steps_to_target"] for m in opt.methods
-               if m.startswith("mlp")]
-        mlp_reached = [s for s in mlp if s is not None]
-        best_mlp = min(mlp_reached) if mlp_reached else None
-        er["best_mlp_steps"] = best_mlp
-        for m in opt.methods:
-            if m.startswith("dilqr"):
-                er["methods"][m].update(target(er["methods"][m]["steps_to_target"], best_mlp,
-                                               opt.mlp_budget))
-        report["envs"][env] = er
+                              "workers": opt.workers,
+                              "envs": {env: env_report(env, opt, runs, mpc_out)
+                                       for env in opt.envs}}
     report["wall_s"] = time.perf_counter() - t_start
 
     os.makedirs(os.path.dirname(opt.out), exist_ok=True)
