@@ -14,14 +14,18 @@ differentiable ``c(x, u)`` and gets its gradient and Hessian from autograd.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .models import hessian_rows
 
-__all__ = ["Cost", "QuadraticCost", "FunctionCost"]
+__all__ = ["Cost", "QuadraticCost", "FunctionCost", "WEIGHT_FLOOR"]
+
+#: lower bound of a positive cost parameter (:meth:`Cost.lower_bounds`): a learned weight
+#: pushed through zero makes the cost non-convex, which the controller refuses (``ValueError``)
+WEIGHT_FLOOR = 1e-6
 
 
 def _pshape(P: Mapping[str, Tensor], key: str, batch: tuple[int, ...], shape: tuple[int, ...]):
@@ -47,6 +51,17 @@ class Cost(nn.Module):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self.params().items()}
+
+    def positive_params(self) -> tuple[str, ...]:
+        """Names of the parameters that must stay positive (weights); default none. Learners
+        keep them positive: optimizers project them onto :meth:`lower_bounds`, and
+        per-observation corrections multiply them (``exp``) instead of adding to them."""
+        return ()
+
+    def lower_bounds(self) -> dict[str, float]:
+        """Lower bound of each constrained parameter by name: ``WEIGHT_FLOOR`` for every
+        entry of a :meth:`positive_params` parameter."""
+        return {k: WEIGHT_FLOOR for k in self.positive_params()}
 
     def stage(self, x: Tensor, u: Tensor, P: Mapping[str, Tensor]) -> Tensor:
         raise NotImplementedError
@@ -171,6 +186,11 @@ class QuadraticCost(Cost):
             raise ValueError(f"terminal_weights must be ({n_state},), got {tuple(wT.shape)}")
         return cls(n_state, None, _tracking=(w, g, wT))
 
+    def positive_params(self) -> tuple[str, ...]:
+        """The tracking form's ``weights`` and ``terminal_weights`` (the full form's ``C``
+        must be positive semidefinite, which is not a bound per entry: none)."""
+        return ("weights", "terminal_weights") if self.mode == "tracking" else ()
+
     # -------------------------------------------------------------- evaluation
     def stage(self, x: Tensor, u: Tensor, P: Mapping[str, Tensor]) -> Tensor:
         z = torch.cat([x, u], -1)
@@ -222,19 +242,29 @@ class FunctionCost(Cost):
     :param terminal_fn: ``terminal_fn(x (..., n), **params) -> (...)``; default zero
     :param params: named initial parameter values; each becomes an ``nn.Parameter``
     :param n_state: ``n``; :param n_ctrl: ``m``
+    :param positive: names of the parameters that must stay positive (weights), see
+        :meth:`Cost.positive_params`
     """
 
     def __init__(self, stage_fn: Callable[..., Tensor],
                  terminal_fn: Callable[..., Tensor] | None = None,
-                 params: Mapping[str, Tensor] | None = None, *, n_state: int, n_ctrl: int):
+                 params: Mapping[str, Tensor] | None = None, *, n_state: int, n_ctrl: int,
+                 positive: Sequence[str] = ()):
         super().__init__()
         self.n_state, self.n_ctrl = int(n_state), int(n_ctrl)
         self.stage_fn, self.terminal_fn = stage_fn, terminal_fn
-        self._names = []
         for k, v in (params or {}).items():
             self.register_parameter(k, nn.Parameter(torch.as_tensor(
                 v, dtype=torch.get_default_dtype()).clone()))
-            self._names.append(k)
+        positive = (positive,) if isinstance(positive, str) else tuple(positive)
+        unknown = set(positive) - set(params or {})
+        if unknown:
+            raise ValueError(f"positive names unknown parameter(s) {sorted(unknown)}; the "
+                             f"parameters are {list(params or {})}")
+        self._positive = positive
+
+    def positive_params(self) -> tuple[str, ...]:
+        return self._positive
 
     def stage(self, x: Tensor, u: Tensor, P: Mapping[str, Tensor]) -> Tensor:
         return self.stage_fn(x, u, **P)

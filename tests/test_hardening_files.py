@@ -137,7 +137,8 @@ def _planted_module(tmp_path: Path, monkeypatch) -> Path:
 
 def _ppo(**policy_kwargs) -> PPO:
     env = gym.make("dilqr_rl/Pendulum-v0")
-    spec = sb3.controller_spec("dilqr_rl/Pendulum-v0", horizon=5, max_iter=5)
+    # the spec as its dict, as `dilqr-rl train` passes it: policy_kwargs stay plain JSON
+    spec = sb3.controller_spec("pendulum", horizon=5, max_iter=5).to_dict()
     return PPO(sb3.DiLQRActorCriticPolicy, env, n_steps=64, batch_size=32, device="cpu",
                policy_kwargs={"controller": spec, **policy_kwargs})
 

@@ -27,12 +27,13 @@ ALGOS = {"ppo": (PPO, sb3.DiLQRActorCriticPolicy), "a2c": (A2C, sb3.DiLQRActorCr
          "sac": (SAC, sb3.DiLQRSACPolicy), "td3": (TD3, sb3.DiLQRTD3Policy)}
 
 
-def spec(env_id: str, **kw) -> dict:
+def spec(env_id: str, **kw) -> sb3.ControllerSpec:
     return sb3.controller_spec(env_id, WRONG[env_id], horizon=kw.pop("horizon", 5),
                                max_iter=kw.pop("max_iter", 5), **kw)
 
 
-def make(algo: str, env_id: str, learn: str = "dynamics", seed: int = 0, **spec_kw):
+def make(algo: str, env_id: str, learn: str = "dynamics", seed: int = 0, as_dict: bool = False,
+         **spec_kw):
     cls, policy = ALGOS[algo]
     env = gym.make(env_id)
     kw: dict = {"seed": seed, "learning_rate": 1e-3}
@@ -43,8 +44,9 @@ def make(algo: str, env_id: str, learn: str = "dynamics", seed: int = 0, **spec_
     else:
         kw.update(learning_starts=64, batch_size=16, train_freq=(16, "step"),
                   gradient_steps=1, buffer_size=1000)
-    return cls(policy, env, policy_kwargs={"controller": spec(env_id, **spec_kw),
-                                           "learn": learn}, **kw)
+    controller = spec(env_id, **spec_kw)
+    return cls(policy, env, policy_kwargs={
+        "controller": controller.to_dict() if as_dict else controller, "learn": learn}, **kw)
 
 
 def loss_of(model, algo: str, obs: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,9 @@ def test_bad_keywords() -> None:
     with pytest.raises(ValueError, match="learn must be"):
         make("ppo", "dilqr_rl/Pendulum-v0", learn="weights")
     with pytest.raises(ValueError, match="unknown controller spec"):
-        sb3.build_controller({"env_id": "dilqr_rl/Pendulum-v0", "horizonn": 3})
+        sb3.ControllerSpec.coerce({"env_id": "dilqr_rl/Pendulum-v0", "horizonn": 3})
+    with pytest.raises(ValueError, match="unknown controller spec"):
+        sb3.ControllerSpec.coerce({"task": "pendulum", "horizonn": 3})
     with pytest.raises(ValueError, match="pi=\\[\\]"):
         PPO(sb3.DiLQRActorCriticPolicy, gym.make("dilqr_rl/Pendulum-v0"),
             policy_kwargs={"controller": spec("dilqr_rl/Pendulum-v0"),
@@ -148,7 +152,7 @@ def test_predict_is_first_control(algo: str, grad: str) -> None:
     model = make(algo, env_id, grad=grad, max_iter=20, horizon=8)
     obs = sample_obs(env_id, 5, seed=3)
     act, _ = model.predict(obs, deterministic=True)
-    ctrl = sb3.build_controller(spec(env_id, grad=grad, max_iter=20, horizon=8))
+    ctrl = spec(env_id, grad=grad, max_iter=20, horizon=8).build()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         u0 = ctrl(torch.as_tensor(obs, dtype=torch.float64)).u[:, 0].detach().numpy()
@@ -168,17 +172,20 @@ def test_warm_start_rollout_vs_minibatch() -> None:
     env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
     model.predict(obs, deterministic=True)
-    assert actor._warm is not None and actor._warm[0].shape == (1, 5, 1)
+    assert actor.use_sequential()
+    assert actor.sequential.plans is not None and actor.sequential.plans.shape == (1, 5, 1)
+    assert len(actor.plans) == 1
     # a far-away observation (a reset) does not take the warm start
     x0 = torch.as_tensor(-obs[None]).double()
-    assert actor._init_plans(torch.as_tensor(-obs[None]), x0) is None
+    assert actor.initial_plans(torch.as_tensor(-obs[None]), x0) is None
     # training mode: no sequential warm start; an unseen batch starts from zeros
     model.policy.set_training_mode(True)
+    assert not actor.use_sequential()
     batch = torch.as_tensor(sample_obs(env_id, 3, seed=50))
-    assert actor._init_plans(batch, batch.double()) is None
+    assert actor.initial_plans(batch, batch.double()) is None
     # ... a seen observation starts from its rollout plan
-    init = actor._init_plans(torch.as_tensor(obs[None]), torch.as_tensor(obs[None]).double())
-    assert init is not None and init.abs().sum() > 0
+    init = actor.initial_plans(torch.as_tensor(obs[None]), torch.as_tensor(obs[None]).double())
+    assert init is not None and init.abs().sum() > 0 and init.dtype == torch.float64
 
 
 def test_threads_and_unconverged_warned_once() -> None:
@@ -197,6 +204,7 @@ def test_threads_and_unconverged_warned_once() -> None:
 SAVE_LOAD = textwrap.dedent("""
     import json, sys, numpy as np, torch
     from stable_baselines3 import PPO, SAC
+    from dilqr_rl.sb3 import ControllerSpec, dilqr_actor
     torch.set_num_threads(1)
     out = {}
     for name, cls in (("ppo", PPO), ("sac", SAC)):
@@ -204,8 +212,9 @@ SAVE_LOAD = textwrap.dedent("""
         obs = np.load(sys.argv[1] + "/obs.npy")
         act, _ = model.predict(obs, deterministic=True)
         sd = {k: v.tolist() for k, v in model.policy.state_dict().items()}
-        out[name] = {"act": act.tolist(), "state": sd,
-                     "spec": model.policy_kwargs["controller"],
+        spec = ControllerSpec.coerce(model.policy_kwargs["controller"])
+        assert dilqr_actor(model.policy).spec == spec
+        out[name] = {"act": act.tolist(), "state": sd, "spec": spec.to_dict(),
                      "cls": type(model.policy).__name__}
     print(json.dumps(out))
 """)
@@ -216,16 +225,16 @@ def test_save_load_roundtrip_fresh_process(tmp_path) -> None:
     obs = sample_obs(env_id, 4, seed=77)
     np.save(tmp_path / "obs.npy", obs)
     ref = {}
-    for name in ("ppo", "sac"):
+    for name in ("ppo", "sac"):  # the spec as a dict (PPO) and as a ControllerSpec (SAC)
         model = make(name, env_id, learn="both" if name == "ppo" else "cost_net",
-                     max_iter=20, horizon=8)
+                     max_iter=20, horizon=8, as_dict=name == "ppo")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model.learn(128)
         model.save(tmp_path / name)
         actor = sb3.dilqr_actor(model.policy)
         actor.reset()
-        actor._plans.clear()  # the loaded model starts without cached plans
+        actor.plans.clear()  # the loaded model starts without cached plans
         act, _ = model.predict(obs, deterministic=True)
         ref[name] = (act, model.policy.state_dict(), model.policy_kwargs["controller"])
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -236,7 +245,7 @@ def test_save_load_roundtrip_fresh_process(tmp_path) -> None:
     for name in ("ppo", "sac"):
         act, sd, spec_ = ref[name]
         assert out[name]["cls"].startswith("DiLQR")
-        assert out[name]["spec"] == json.loads(json.dumps(spec_))
+        assert out[name]["spec"] == sb3.ControllerSpec.coerce(spec_).to_dict()
         assert set(out[name]["state"]) == set(sd)
         for k, v in sd.items():
             np.testing.assert_array_equal(np.asarray(out[name]["state"][k]), v.numpy(),
@@ -315,8 +324,9 @@ def test_system_id_bad_arguments() -> None:
 
 
 def test_learned_cost_weights_stay_positive() -> None:
-    """An RL step that would push a control weight through zero is projected back to
-    ``WEIGHT_FLOOR``, so the controller keeps a convex cost (it raises ValueError otherwise)."""
+    """An RL step that would push a control weight through zero is projected back to the
+    cost's declared lower bound, so the controller keeps a convex cost (it raises ValueError
+    otherwise)."""
     model = make("sac", "dilqr_rl/Pendulum-v0", learn="cost")
     actor = sb3.dilqr_actor(model.policy)
     opt = model.policy.actor.optimizer
@@ -330,7 +340,9 @@ def test_learned_cost_weights_stay_positive() -> None:
     opt.zero_grad()
     (1e3 * w.sum()).backward()
     opt.step()
-    assert bool((w >= sb3.WEIGHT_FLOOR).all()) and bool((w == sb3.WEIGHT_FLOOR).any())
+    floor = actor.ctrl.cost.lower_bounds()["weights"]
+    assert group["lower"] == floor > 0
+    assert bool((w >= floor).all()) and bool((w == floor).any())
     for g, lr in zip(opt.param_groups, lr0, strict=True):
         g["lr"] = lr
     # the controller still solves with the projected weights
@@ -343,12 +355,13 @@ def test_learned_cost_weights_stay_positive() -> None:
 @pytest.mark.parametrize("algo", ["ppo", "td3"])
 def test_physical_parameters_stay_positive(algo: str) -> None:
     """Built-in models have positive parameters; an RL step that would push one through zero
-    stops at ``PARAM_FLOOR`` times its initial value (PPO alone once drove l to -0.15)."""
+    stops at the model's declared lower bound (PPO alone once drove l to -0.15)."""
     model = make(algo, "dilqr_rl/Pendulum-v0", learn="dynamics")
     actor = sb3.dilqr_actor(model.policy)
     opt = model.policy.optimizer if algo == "ppo" else model.policy.actor.optimizer
     dyn = actor.ctrl.dynamics
-    start = {k: float(v) for k, v in zip(dyn.param_names(), dyn.theta().detach(), strict=True)}
+    bounds = dyn.lower_bounds()
+    assert set(bounds) == set(dyn.param_names()) and all(v > 0 for v in bounds.values())
     for g in opt.param_groups:
         g["lr"] = 100.0
     opt.zero_grad()
@@ -356,4 +369,4 @@ def test_physical_parameters_stay_positive(algo: str) -> None:
     opt.step()
     got = dict(zip(dyn.param_names(), dyn.theta().detach().tolist(), strict=True))
     for k, v in got.items():
-        assert v == pytest.approx(sb3.PARAM_FLOOR * start[k], rel=1e-12), k
+        assert v == pytest.approx(bounds[k], rel=1e-12), k

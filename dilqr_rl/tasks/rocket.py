@@ -49,7 +49,7 @@ def stage_cost(x: Any, u: Any, weights: Any) -> Any:
 def make_cost() -> FunctionCost:
     """The landing cost with learnable ``weights (6,)``."""
     return FunctionCost(stage_cost, final_cost, {"weights": torch.tensor(COST_WEIGHTS)},
-                        n_state=13, n_ctrl=3)
+                        n_state=13, n_ctrl=3, positive=("weights",))
 
 
 def reward(x: np.ndarray, u: np.ndarray) -> float:

@@ -1,0 +1,206 @@
+"""The DiLQR actor: observations to actions through a differentiable iLQR solve."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from ..ilqr import Solution
+from ..layer import UnconvergedWarning
+from .obs import resolve_obs_to_state
+from .spec import ControllerSpec
+from .warm_start import SequentialWarmStart, WarmStartCache
+
+__all__ = ["LEARN_OPTIONS", "DiLQRActor", "parse_learn"]
+
+LEARN_OPTIONS = ("dynamics", "cost", "cost_net")
+
+
+def parse_learn(learn: str) -> set[str]:
+    """``"dynamics"``, ``"cost"``, ``"both"`` (dynamics and cost), ``"cost_net"`` or a ``+``
+    combination of :data:`LEARN_OPTIONS` -> the set of what is learned."""
+    parts = {"dynamics", "cost"} if learn == "both" else set(str(learn).split("+"))
+    bad = parts - set(LEARN_OPTIONS)
+    if not parts or bad:
+        raise ValueError(f"learn must be 'dynamics', 'cost', 'both', 'cost_net' or a '+' "
+                         f"combination of {LEARN_OPTIONS}, got {learn!r}")
+    return parts
+
+
+class DiLQRActor(nn.Module):
+    """Observation ``(B, obs_dim)`` -> action ``(B, m)`` (float32): the first control of a
+    DiLQR solve, mapped to the action box.
+
+    Parameters, by object (:meth:`physical_parameters`, :meth:`cost_parameters`,
+    :meth:`cost_net_parameters`): the controller's model ``ctrl.dynamics``, its cost
+    ``ctrl.cost`` and, with ``learn`` including ``cost_net``, the MLP ``cost_net`` that maps the
+    state to per-observation cost parameters: parameters the cost declares positive
+    (:meth:`dilqr_rl.Cost.positive_params`) are multiplied by ``exp(out)``, the others shifted
+    by ``out`` (its last layer starts at zero: the initial controller is the task cost's).
+
+    :param controller: a :class:`ControllerSpec` or its dict (also the format before tasks)
+    :param action_space: the env's ``Box``; ``unit=True`` maps to ``[-1, 1]`` instead (SAC/TD3)
+    :param learn: ``"dynamics"``, ``"cost"``, ``"both"``, ``"cost_net"`` or a ``+`` combination
+    :param cost_net_arch: hidden sizes of the ``cost_net``
+    :param obs_to_state: ``None`` (identity), a callable ``(B, obs_dim) -> (B, n)`` or the
+        name it was registered under (:func:`register_obs_to_state`)
+    :param plan_cache: number of rollout plans kept for training-time warm starts (0: off)
+    :param warm_tol: keep a sequential warm start when ``|x0 - x1_pred|_inf <= warm_tol (1 +
+        |x1_pred|_inf)``
+    """
+
+    def __init__(self, controller: ControllerSpec | Mapping[str, Any], action_space: spaces.Box,
+                 learn: str = "dynamics", cost_net_arch: tuple[int, ...] = (64, 64),
+                 obs_to_state: str | Callable[[Tensor], Tensor] | None = None,
+                 unit: bool = False, plan_cache: int = 100_000, warm_tol: float = 0.5):
+        super().__init__()
+        self.spec = ControllerSpec.coerce(controller)
+        self.ctrl = self.spec.build()
+        self.learn = parse_learn(learn)
+        for p in self.physical_parameters():
+            p.requires_grad_("dynamics" in self.learn)
+        for p in self.cost_parameters():
+            p.requires_grad_("cost" in self.learn)
+        self.dtype = next(self.ctrl.dynamics.parameters()).dtype
+        self.obs_to_state = resolve_obs_to_state(obs_to_state)
+        self.cost_net: nn.Module | None = None
+        self._cost_shapes = self.ctrl.cost.param_shapes()
+        self._positive = set(self.ctrl.cost.positive_params())
+        if "cost_net" in self.learn:
+            self.cost_net = self._make_cost_net(cost_net_arch)
+        self._set_boxes(action_space, unit)
+        #: sequential warm starts (rollouts); TD3's target actor turns them off
+        self.sequential_warm_start = True
+        self.sequential = SequentialWarmStart(warm_tol)
+        #: plans of the observations seen, for training-time warm starts
+        self.plans = WarmStartCache(int(plan_cache))
+        #: solve statistics since the last reset by :class:`DiLQRLoggingCallback`
+        self.stats = {"solves": 0, "unconverged": 0, "iterations": 0}
+        self._warned = False
+
+    def _make_cost_net(self, arch: tuple[int, ...]) -> nn.Module:
+        sizes = [self.ctrl.n_state, *arch]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.Tanh()]
+        last = nn.Linear(sizes[-1], sum(math.prod(s) for s in self._cost_shapes.values()))
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        return nn.Sequential(*layers, last).to(self.dtype)
+
+    def _set_boxes(self, action_space: spaces.Box, unit: bool) -> None:
+        lo, hi = self.ctrl.bounds(1, self.dtype, "cpu")
+        if lo is None or hi is None or not bool(torch.isfinite(lo).all()
+                                                & torch.isfinite(hi).all()):
+            raise ValueError("the SB3 DiLQR actor needs finite control bounds (u_lower/u_upper)")
+        a_lo = torch.as_tensor(action_space.low, dtype=self.dtype)
+        a_hi = torch.as_tensor(action_space.high, dtype=self.dtype)
+        if unit:
+            a_lo, a_hi = -torch.ones_like(a_lo), torch.ones_like(a_hi)
+        if a_lo.shape != (self.ctrl.n_ctrl,):
+            raise ValueError(f"action space shape {action_space.shape} != controls "
+                             f"({self.ctrl.n_ctrl},)")
+        self.register_buffer("u_lo", lo[0, 0].clone(), persistent=False)
+        self.register_buffer("u_hi", hi[0, 0].clone(), persistent=False)
+        self.register_buffer("a_lo", a_lo, persistent=False)
+        self.register_buffer("a_hi", a_hi, persistent=False)
+
+    # --------------------------------------------------------------- parameters
+    def physical_parameters(self) -> Iterator[nn.Parameter]:
+        """The controller model's physical parameters."""
+        return self.ctrl.dynamics.parameters()
+
+    def cost_parameters(self) -> Iterator[nn.Parameter]:
+        """The controller cost's parameters."""
+        return self.ctrl.cost.parameters()
+
+    def cost_net_parameters(self) -> Iterator[nn.Parameter]:
+        """The cost network's parameters (none without one)."""
+        return iter(()) if self.cost_net is None else self.cost_net.parameters()
+
+    # --------------------------------------------------------------- helpers
+    def reset(self) -> None:
+        """Forget the sequential warm start (e.g. before a new evaluation)."""
+        self.sequential.reset()
+
+    def state(self, obs: Tensor) -> Tensor:
+        """``x0 (B, n)`` in the solve dtype."""
+        x = obs if self.obs_to_state is None else self.obs_to_state(obs)
+        return x.to(self.dtype)
+
+    def to_action(self, u: Tensor) -> Tensor:
+        """Controls ``(..., m)`` -> actions in the action box (solve dtype)."""
+        return self.a_lo + (u - self.u_lo) * (self.a_hi - self.a_lo) / (self.u_hi - self.u_lo)
+
+    def cost_overrides(self, x0: Tensor) -> dict[str, Tensor]:
+        """Per-observation cost parameters from ``cost_net`` (``{}`` without one)."""
+        if self.cost_net is None:
+            return {}
+        out = self.cost_net(x0)
+        base = self.ctrl.cost.params()
+        res, i = {}, 0
+        for k, s in self._cost_shapes.items():
+            k_n = math.prod(s)
+            o = out[:, i:i + k_n].reshape(-1, *s)
+            i += k_n
+            res[k] = base[k] * torch.exp(o.clamp(-5, 5)) if k in self._positive else base[k] + o
+        return res
+
+    def use_sequential(self) -> bool:
+        """Whether solves now start from the shifted previous plan (rollouts: eval mode)."""
+        return self.sequential_warm_start and not self.training
+
+    def initial_plans(self, obs: Tensor, x0: Tensor) -> Tensor | None:
+        """The warm start ``(B, T, m)`` of a solve from ``obs`` (state ``x0``): the shifted
+        previous plan where :meth:`use_sequential` and close, else the cached plan of the
+        observation, else zeros; ``None`` when no sample has one."""
+        init = x0.new_zeros(x0.shape[0], self.ctrl.horizon, self.ctrl.n_ctrl)
+        hit = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
+        if self.use_sequential():
+            hit |= self.sequential.lookup(x0, init)
+        if len(self.plans) and not bool(hit.all()):
+            hit |= self.plans.lookup(obs, init, where=~hit)
+        return init if bool(hit.any()) else None
+
+    def _remember(self, obs: Tensor, sol: Solution) -> None:
+        if self.use_sequential():
+            self.sequential.remember(sol.u, sol.x[:, 1])
+        self.plans.store(obs, sol.u)
+
+    def _count(self, sol: Solution) -> None:
+        bad = int((~sol.converged).sum())
+        self.stats["solves"] += sol.converged.numel()
+        self.stats["unconverged"] += bad
+        self.stats["iterations"] += int(sol.iterations.sum())
+        cfg = self.ctrl.config
+        if bad and not self._warned and cfg.tol > 0:
+            self._warned = True
+            what = ("get no gradient" if cfg.on_unconverged == "detach" else
+                    "are differentiated at their last iterate (approximate gradient)")
+            warnings.warn(f"DiLQR actor: some solves stop at max_iter={cfg.max_iter} before "
+                          f"converging; they {what}. Counted in DiLQRActor.stats / logged as "
+                          "dilqr/unconverged_frac; this warning is shown once.", UserWarning,
+                          stacklevel=3)
+
+    def solve(self, obs: Tensor) -> Solution:
+        """The DiLQR solution from the observations ``(B, obs_dim)``."""
+        x0 = self.state(obs)
+        u_init = self.initial_plans(obs, x0)
+        with warnings.catch_warnings():
+            # counted and reported once by _count instead of a warning per call
+            warnings.simplefilter("ignore", UnconvergedWarning)
+            sol = self.ctrl(x0, u_init=u_init, **self.cost_overrides(x0))
+        self._count(sol)
+        self._remember(obs, sol)
+        return sol
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Actions ``(B, m)`` float32 from observations ``(B, obs_dim)``."""
+        sol = self.solve(obs)
+        return self.to_action(sol.u[:, 0]).to(torch.float32)
