@@ -83,7 +83,7 @@ def demo_controller(task: Task | str, u_bound: float | None = None, *, grad: str
     """
     task = tasks.get(task)
     b = control_bound(task, u_bound)
-    dyn = task.dynamics().double().requires_grad_(False)
+    dyn = task.dynamics(dtype=torch.float64).requires_grad_(False)
     cost = task.demo_tracking().cost(task.n_state).double().requires_grad_(False)
     return dl.DiLQR(dyn, cost, horizon=task.horizon, u_lower=-b, u_upper=b,
                     config=task.config(**config), grad=grad)

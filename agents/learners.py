@@ -197,7 +197,7 @@ class SysIdLearner(Learner):
     def __init__(self, task: Task, args: Args):
         super().__init__(task, args)
         self.mpc = MPCLearner(task, args, "dx", "implicit")
-        self.dyn = task.dynamics().double().requires_grad_(False)
+        self.dyn = task.dynamics(dtype=torch.float64).requires_grad_(False)
 
     def learned(self) -> Tensor:
         return self.mpc.theta

@@ -178,15 +178,18 @@ class Task:
         takes_dt = "dt" in inspect.signature(self.model).parameters
         return self.model(dt=self.dt) if takes_dt else self.model()
 
-    def dynamics(self, **params: float) -> Dynamics:
-        """The model with the true parameters, ``params`` overriding some (default dtype).
-        The model class is built with no arguments (or only ``dt``), then its parameters are
-        set by name."""
+    def dynamics(self, *, dtype: torch.dtype | None = None, **params: float) -> Dynamics:
+        """The model with the true parameters, ``params`` overriding some, in ``dtype``
+        (default: torch's default dtype). The model class is built with no arguments (or only
+        ``dt``), cast, then its parameters are set by name (so a float64 model holds ``1.3``,
+        not the float32 ``1.29999995``)."""
         unknown = set(params) - set(self.params)
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)} for task {self.name!r}; "
                              f"its parameters are {list(self.params)}")
         dyn = self._new_model()
+        if dtype is not None:
+            dyn = dyn.to(dtype)
         values = {**self.params, **params}
         with torch.no_grad():
             for k, p in dyn.named_parameters():
@@ -220,7 +223,7 @@ class Task:
         """
         kwargs.setdefault("u_lower", self.u_lower)
         kwargs.setdefault("u_upper", self.u_upper)
-        return DiLQR(self.dynamics(**dict(model_params or {})).to(dtype),
+        return DiLQR(self.dynamics(dtype=dtype, **dict(model_params or {})),
                      self.make_cost().to(dtype), horizon=horizon or self.horizon,
                      config=config or self.config(), **kwargs)
 
