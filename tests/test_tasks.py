@@ -189,3 +189,24 @@ def test_identifiable_combinations() -> None:
     torch.testing.assert_close(dyn.step(x, u, a), dyn.step(x, u, b))
     assert set(dl.tasks.get("cartpole").combinations(dl.tasks.get("cartpole").theta())) == \
         {"g", "m_cart", "m_pole", "l"}
+
+
+def test_fourth_system_sb3_update(glider: Task) -> None:
+    """One PPO update with a DiLQR actor on the new task: the spec names the task, the
+    gradient reaches the model's parameters, and their declared floors hold."""
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    from dilqr_rl import sb3
+
+    spec = sb3.controller_spec("glider", {"drag": 0.8}, horizon=8, max_iter=8)
+    env = gym.make("test/Glider-v0")
+    model = PPO(sb3.DiLQRActorCriticPolicy, env, n_steps=32, batch_size=16, n_epochs=1,
+                learning_rate=1e-2, seed=0, policy_kwargs={"controller": spec})
+    before = sb3.physical_params(model.policy)
+    assert before == pytest.approx({"mass": 1.0, "drag": 0.8})
+    model.learn(32)
+    after = sb3.physical_params(model.policy)
+    assert after != before and all(math.isfinite(v) for v in after.values())
+    floors = sb3.dilqr_actor(model.policy).ctrl.dynamics.lower_bounds()
+    assert all(after[k] >= floors[k] for k in floors)
