@@ -105,7 +105,8 @@ def cartpole_mjcf(g: float, m_cart: float, m_pole: float, l: float, timestep: fl
 """
 
 
-def rocket_mjcf(l: float, width: int = 480, height: int = 480) -> str:
+def rocket_mjcf(l: float, timestep: float, gravity: float, width: int = 480,
+                height: int = 480) -> str:
     """The rocket scene (rendering only): a mocap body ``rocket`` whose local ``z`` axis is
     the rocket's long (body ``x``) axis, a ground plane and a landing pad at the origin.
 
@@ -113,7 +114,7 @@ def rocket_mjcf(l: float, width: int = 480, height: int = 480) -> str:
     so a proper rotation): ``Z`` is up in both.
     """
     r = 0.12 * l
-    return _header("dilqr_rocket", 0.1, 10.0, "Euler", width, height) + f"""  <worldbody>
+    return _header("dilqr_rocket", timestep, gravity, "Euler", width, height) + f"""  <worldbody>
     <light pos="0 0 20" dir="0 0 -1" directional="true"/>
     <geom name="ground" type="plane" size="30 30 0.1" material="grid"/>
     <geom name="pad" type="cylinder" size="1 0.01" pos="0 0 0.01" rgba="0.9 0.6 0.1 1"/>

@@ -32,7 +32,7 @@ class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
     ``cos th`` / ``sin th`` and ``0.12`` rad/s in ``thdot``, and run open loop for 1 s it
     drifts by up to ``0.13`` m, ``0.28`` in ``cos``/``sin`` and ``1.1`` rad/s. With the full
     ``|u| <= 100`` N the one-step error reaches ``1.3`` m/s in ``xdot`` and ``2.6`` rad/s in
-    ``thdot``: explicit Euler at ``dt = 0.05`` is a poor model of violent motion, which is
+    ``thdot``: explicit Euler at the task's ``dt`` is a poor model of violent motion, which is
     exactly the gap a learned model has to close.
 
     ## Arguments
@@ -41,7 +41,7 @@ class MujocoCartPoleEnv(MujocoSimMixin, CartPoleEnv):
 
     - ``g``, ``m_cart``, ``m_pole``, ``l``: as :class:`CartPoleEnv`; ``damping`` (>= 0) joint
       damping. All may be randomized per episode and set by ``reset(options={"params": ...})``.
-    - ``dt``: control period (default 0.05); ``n_substeps`` (default 10) MuJoCo steps per
+    - ``dt``: control period (default the task's); ``n_substeps`` (default 10) MuJoCo steps per
       control period; ``integrator``: MuJoCo's ``"RK4"`` (default), ``"Euler"``,
       ``"implicit"`` or ``"implicitfast"``
     - ``randomize``, ``render_mode``, ``normalize_actions``, ``render_width``,

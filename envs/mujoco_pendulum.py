@@ -39,7 +39,7 @@ class MujocoPendulumEnv(MujocoSimMixin, PendulumEnv):
 
     - ``g``, ``m``, ``l``: as :class:`PendulumEnv`; ``damping`` (>= 0) joint damping. All four
       may be randomized per episode and set by ``reset(options={"params": ...})``.
-    - ``dt``: control period (default 0.05); ``n_substeps`` (default 10) MuJoCo steps per
+    - ``dt``: control period (default the task's); ``n_substeps`` (default 10) MuJoCo steps per
       control period; ``integrator``: MuJoCo's ``"RK4"`` (default), ``"Euler"``,
       ``"implicit"`` or ``"implicitfast"``
     - ``randomize``, ``render_mode``, ``normalize_actions``, ``render_width``,

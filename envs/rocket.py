@@ -113,7 +113,8 @@ class RocketEnv(DynamicsEnv):
         }
 
     def _scene_xml(self) -> str:
-        return rocket_mjcf(l=self.episode_params["l"], width=self.render_width,
+        return rocket_mjcf(l=self.episode_params["l"], timestep=self.dt,
+                           gravity=self.dynamics.gravity, width=self.render_width,
                            height=self.render_height)
 
     def _pose_scene(self, scene: SceneRenderer) -> None:

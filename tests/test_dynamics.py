@@ -56,11 +56,12 @@ def test_pendulum_analytic_jacobian_matches_torch_func():
 def test_pendulum_equations_match_mpc_pytorch_formula():
     """PendulumDx of mpc.pytorch (simple=True), written out: newdth = dth + dt*(3g/(2l) sin
     + 3u/(m l^2)), newth = th + dt*newdth."""
-    dyn = dl.Pendulum().double()
+    dyn = dl.Pendulum(g=9.0, m=1.2, l=0.8, dt=0.04).double()
+    g, m, l, dt = 9.0, 1.2, 0.8, 0.04
     th, dth, u = 0.7, -0.4, 1.3
     x = torch.tensor([[math.cos(th), math.sin(th), dth]], dtype=F64)
-    nd = dth + 0.05 * (3 * 10 / 2 * math.sin(th) + 3 * u)
-    nt = th + 0.05 * nd
+    nd = dth + dt * (3 * g / (2 * l) * math.sin(th) + 3 * u / (m * l * l))
+    nt = th + dt * nd
     out = dyn(x, torch.tensor([[u]], dtype=F64))
     torch.testing.assert_close(out, torch.tensor([[math.cos(nt), math.sin(nt), nd]], dtype=F64))
 

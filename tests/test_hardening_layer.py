@@ -13,8 +13,10 @@ import torch
 import dilqr_rl as dl
 
 from .oracles import LinearModel, verify_local_min
+from .problems import task_problem
 
 F64 = torch.float64
+PENDULUM = dl.tasks.get("pendulum")
 
 
 def pendulum_ctrl(horizon=10, **params):
@@ -22,7 +24,7 @@ def pendulum_ctrl(horizon=10, **params):
     with torch.no_grad():  # set in float64 (the constructor rounds to the default dtype)
         for k, v in params.items():
             getattr(dyn, k).fill_(v)
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    cost = PENDULUM.make_cost().double()
     return dl.DiLQR(dyn, cost, horizon=horizon, config=dl.ILQRConfig(max_iter=50))
 
 
@@ -55,9 +57,7 @@ def test_rocket_zero_inertia_raises():
 
 
 def test_cartpole_huge_state_raises():
-    dyn = dl.CartPole().double()
-    cost = dl.QuadraticCost.tracking([0.1, 0.1, 1, 1, 0.1, 0.001], [0, 0, 1, 0, 0, 0],
-                                     n_state=5).double()
+    dyn, cost = task_problem("cartpole")
     ctrl = dl.DiLQR(dyn, cost, horizon=10)
     x0 = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1e6]], dtype=F64)
     with pytest.raises(dl.NonFiniteError, match="not finite"):
@@ -67,8 +67,7 @@ def test_cartpole_huge_state_raises():
 @pytest.mark.parametrize("lo,hi,name", [(math.inf, math.inf, "u_lower"),
                                         (-math.inf, -math.inf, "u_upper")])
 def test_infinite_bound_on_its_finite_side_is_rejected(lo, hi, name):
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3)
+    dyn, cost = task_problem("pendulum")
     with pytest.raises(ValueError, match=name):
         dl.DiLQR(dyn, cost, horizon=5, u_lower=lo, u_upper=hi)
 
@@ -134,8 +133,7 @@ def test_functional_hessian_through_the_layer_raises_instead_of_zeros():
 # ------------------------------------------------------------- 3. detach detaches
 @pytest.mark.parametrize("grad", ["implicit", "last_lqr", "unroll"])
 def test_detach_gives_unconverged_samples_no_gradient_in_every_mode(grad):
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     ctrl = dl.DiLQR(dyn, cost, horizon=15, grad=grad,
                     config=dl.ILQRConfig(max_iter=6, on_unconverged="detach"))
     th = torch.tensor([0.05, 3.1], dtype=F64)  # near upright converges in 5; hanging does not
@@ -153,8 +151,7 @@ def test_detach_gives_unconverged_samples_no_gradient_in_every_mode(grad):
 
 # ---------------------------------------------------------- 4. per-sample bounds work
 def test_per_sample_bounds_work_with_gradients():
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0], n_state=3).double()
+    dyn, cost = task_problem("pendulum")
     B, T = 3, 10
     hi = torch.tensor([0.5, 1.0, 2.0], dtype=F64)[:, None, None].expand(B, T, 1).clone()
     ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=-hi, u_upper=hi)
@@ -211,9 +208,8 @@ def _random_problem(gen: torch.Generator):
         x0 = torch.randn(6, n, generator=gen, dtype=F64)
     else:
         g, m_, l_ = (float(v) for v in 0.5 + 1.5 * torch.rand(3, generator=gen, dtype=F64))
-        dyn = dl.Pendulum(g=10 * g, m=m_, l=l_).double()
-        cost = dl.QuadraticCost.tracking([1.0, 1.0, 0.1, 0.001], [1.0, 0, 0, 0],
-                                         n_state=3).double()
+        dyn = PENDULUM.dynamics(dtype=F64, g=10 * g, m=m_, l=l_)
+        cost = PENDULUM.make_cost().double()
         bound = float(0.5 + 2 * torch.rand((), generator=gen))
         th = (2 * torch.rand(6, generator=gen, dtype=F64) - 1) * math.pi
         x0 = torch.stack([th.cos(), th.sin(), torch.randn(6, generator=gen, dtype=F64)], -1)

@@ -277,8 +277,10 @@ def test_trainer_resume_and_curve(tmp_path) -> None:
 
 
 def _identifiable(p: dict) -> np.ndarray:
-    """What pendulum transitions identify: ``(g / l, m l^2)``."""
-    return np.array([p["g"] / p["l"], p["m"] * p["l"] ** 2])
+    """What pendulum transitions identify: ``(g / l, m l^2)``, as the task declares."""
+    task = dilqr_rl.tasks.get("pendulum")
+    theta = torch.tensor([p[k] for k in task.params], dtype=torch.float64)
+    return np.array([float(v) for v in task.combinations(theta).values()])
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
@@ -303,7 +305,7 @@ def test_system_id_recovers_identifiable_parameters(algo: str) -> None:
         warnings.simplefilter("ignore")
         model.learn(256, callback=cb)
     got = _identifiable(sb3.physical_params(model.policy))
-    true = np.array([10.0, 1.0])
+    true = _identifiable(dict(dilqr_rl.tasks.get("pendulum").params))
     assert len(cb.history) == 2
     assert cb.history[-1]["loss_after"] < 1e-3 * cb.history[0]["loss_before"]
     np.testing.assert_allclose(got, true, rtol=2e-3)

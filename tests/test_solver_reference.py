@@ -150,9 +150,7 @@ def test_qp_oracle_matches_the_tracking_cost_convention():
 def test_reduced_hessian_matches_autograd_functional_hessian():
     """The batched Hessian of :func:`verify_local_min` equals
     ``torch.autograd.functional.hessian`` of one sample's ``J(u)`` (pendulum: nonlinear)."""
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1, 1, 0.1, 0.001], [1, 0, 0, 0], n_state=3).double()
-    ctrl = dl.DiLQR(dyn, cost, horizon=8, u_lower=-2.0, u_upper=2.0, config=CFG)
+    ctrl = dl.tasks.get("pendulum").controller(8, config=CFG)
     gen = torch.Generator().manual_seed(0)
     th = torch.rand(3, generator=gen, dtype=F64) * 6
     x0 = torch.stack([th.cos(), th.sin(), torch.randn(3, generator=gen, dtype=F64)], -1)
@@ -291,10 +289,8 @@ def test_pendulum_hanging_at_rest_is_not_a_converged_saddle():
     (a saddle: the reduced Hessian has a negative eigenvalue). A converged answer must be a
     strict local minimum, below the ``u = 0`` cost, and the swing-up found from a start nudged
     by 1e-6 (the same cost by symmetry)."""
-    dyn = dl.Pendulum().double()
-    cost = dl.QuadraticCost.tracking([1, 1, 0.1, 0.001], [1, 0, 0, 0], n_state=3).double()
     T = 20
-    ctrl = dl.DiLQR(dyn, cost, horizon=T, u_lower=-2.0, u_upper=2.0, config=CFG)
+    ctrl = dl.tasks.get("pendulum").controller(T, config=CFG)
     x0 = torch.tensor([[-1.0, 0.0, 0.0]], dtype=F64)
     J_zero = float(objective(ctrl, x0, torch.zeros(1, T, 1, dtype=F64)))
     rep_zero = verify_local_min(ctrl, x0, torch.zeros(1, T, 1, dtype=F64))
