@@ -73,6 +73,7 @@ def test_imitation_gradient_vanishes_at_truth(env):
     assert grads["init"][0] > 1e-2 and g_init.abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_dilqr_dx_recovers_pendulum_parameters():
     """``dilqr.dx`` from DiffMPC's initialization ``(g, m, l) = (15, 3, 0.5)``.
 
@@ -112,6 +113,7 @@ def test_imitate_cli_writes_json_and_png(tmp_path, capsys):
     assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("expert_*.npz"))
 
 
+@pytest.mark.slow
 def test_all_learners_run_and_share_batches(monkeypatch):
     """Every learner trains on the same minibatches in the same order: each one's
     ``train_loss`` is wrapped to record the training rows it receives (found by their start

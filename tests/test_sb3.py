@@ -83,6 +83,9 @@ CASES = [(algo, env_id, (64 if algo in ("ppo", "a2c") else 96) if "Rocket" in en
          for env_id in ("dilqr_rl/Pendulum-v0", "dilqr_rl/CartPole-v0",
                         "dilqr_rl/MujocoPendulum-v0", "dilqr_rl/MujocoCartPole-v0",
                         "dilqr_rl/Rocket-v0")]
+#: the cases over ~5 s on 2 CPU cores (``pytest -m "not slow"`` keeps the others)
+CASES = [pytest.param(*c, marks=pytest.mark.slow)
+         if "Rocket" in c[1] or (c[0] == "ppo" and "CartPole" in c[1]) else c for c in CASES]
 
 
 @pytest.mark.parametrize(("algo", "env_id", "steps"), CASES)
@@ -220,6 +223,7 @@ SAVE_LOAD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_fresh_process(tmp_path) -> None:
     env_id = "dilqr_rl/Pendulum-v0"
     obs = sample_obs(env_id, 4, seed=77)
@@ -253,6 +257,7 @@ def test_save_load_roundtrip_fresh_process(tmp_path) -> None:
         np.testing.assert_array_equal(np.asarray(out[name]["act"], dtype=np.float32), act)
 
 
+@pytest.mark.slow
 def test_trainer_resume_and_curve(tmp_path) -> None:
     from dilqr_rl.agents.rl import main_train, parse_args
 
@@ -283,6 +288,7 @@ def _identifiable(p: dict) -> np.ndarray:
     return np.array([float(v) for v in task.combinations(theta).values()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
 def test_system_id_recovers_identifiable_parameters(algo: str) -> None:
     """On Pendulum-v0 the model class is the env's physics, so fitting one-step transitions

@@ -255,6 +255,7 @@ KKT_DRAWS = range(3)
 B_KKT = 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw", KKT_DRAWS)
 def test_converged_is_never_a_non_kkt_point(draw):
     """Every sample reported ``converged=True`` passes :func:`verify_local_min`."""
