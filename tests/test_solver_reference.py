@@ -293,7 +293,7 @@ def test_pendulum_hanging_at_rest_is_not_a_converged_saddle():
     T = 20
     ctrl = dl.tasks.get("pendulum").controller(T, config=CFG)
     x0 = torch.tensor([[-1.0, 0.0, 0.0]], dtype=F64)
-    J_zero = float(objective(ctrl, x0, torch.zeros(1, T, 1, dtype=F64)))
+    J_zero = float(objective(ctrl, x0, torch.zeros(1, T, 1, dtype=F64)).detach())
     rep_zero = verify_local_min(ctrl, x0, torch.zeros(1, T, 1, dtype=F64))
     assert not bool(rep_zero.pd[0]) and float(rep_zero.eig_min[0]) < 0  # u = 0: a saddle
 
