@@ -42,8 +42,10 @@ def _cartpole_terms(x: Tensor, u: Tensor, theta: Tensor) -> _CartPoleTerms:
 class CartPole(Dynamics):
     """Cart-pole, identical to ``mpc.pytorch``'s ``CartpoleDx``.
 
-    State ``(x, xdot, cos th, sin th, thdot)`` (``th = 0`` upright), control force,
-    ``|u| <= 100``, parameters ``(g, m_cart, m_pole, l)``, ``dt = 0.05``, explicit Euler.
+    State ``(x, xdot, cos th, sin th, thdot)`` (``th = 0`` upright), control force in
+    ``[u_lower, u_upper]``, parameters ``(g, m_cart, m_pole, l)`` (defaults
+    ``param_defaults``; ``l`` is the pole's half-length), explicit Euler with ``dt`` (default
+    ``default_dt``).
     """
 
     positive_params = True

@@ -15,8 +15,9 @@ __all__ = ["Pendulum"]
 class Pendulum(Dynamics):
     """Torque-limited pendulum, identical to ``mpc.pytorch``'s ``PendulumDx`` (simple=True).
 
-    State ``(cos th, sin th, thdot)`` (``th = 0`` upright), control torque, ``|u| <= 2``,
-    parameters ``(g, m, l)``, ``dt = 0.05``, semi-implicit Euler::
+    State ``(cos th, sin th, thdot)`` (``th = 0`` upright), control torque in
+    ``[u_lower, u_upper]``, parameters ``(g, m, l)`` (defaults ``param_defaults``), time step
+    ``dt`` (default ``default_dt``), semi-implicit Euler::
 
         thdot' = thdot + dt * (3 g / (2 l) sin th + 3 u / (m l^2));  th' = th + dt thdot'
 

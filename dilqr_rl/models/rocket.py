@@ -13,14 +13,15 @@ __all__ = ["Rocket"]
 
 
 class Rocket(Dynamics):
-    """6-DoF rocket of PDP / Safe-PDP (docs/rocket.md), explicit Euler with ``dt = 0.1``.
+    """6-DoF rocket of PDP / Safe-PDP (docs/rocket.md), explicit Euler with ``dt`` (default
+    ``default_dt``).
 
     State (13): position ``r`` (inertial x-axis up), velocity ``v``, scalar-first unit
     quaternion ``q`` (body attitude), body rate ``w``. Control (3): body-frame thrust
-    ``(Tx, Ty, Tz)``, ``|T_i| <= 20``. Parameters ``(Jx, Jy, Jz, m, l)``; gravity
-    ``(-10, 0, 0)``; thrust acts at ``(-l/2, 0, 0)`` in the body frame. The quaternion is not
-    renormalized by the model (as in the original code); :class:`dilqr_rl.envs.RocketEnv`
-    renormalizes after each true step.
+    ``(Tx, Ty, Tz)`` in ``[u_lower, u_upper]``. Parameters ``(Jx, Jy, Jz, m, l)`` (defaults
+    ``param_defaults``); gravity ``(-gravity, 0, 0)``; thrust acts at ``(-l/2, 0, 0)`` in the
+    body frame. The quaternion is not renormalized by the model (as in the original code);
+    :class:`dilqr_rl.envs.RocketEnv` renormalizes after each true step.
     """
 
     positive_params = True
