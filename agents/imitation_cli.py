@@ -126,8 +126,14 @@ def _print_summary(r: dict[str, Any]) -> None:
 def main_study(argv: list[str]) -> int:
     """``dilqr-rl study imitation ...``: the paper's comparison (see ``agents/study.py``)."""
     if not argv or argv[0] != "imitation":
-        print("usage: dilqr-rl study imitation [options]   (the only study so far)")
-        return 2
+        import argparse
+
+        p = argparse.ArgumentParser(
+            prog="dilqr-rl study", description="Run a whole comparison study: 'imitation' is "
+            "the DiLQR paper's imitation comparison (section 5.2), mean +- std over seeds; "
+            "'dilqr-rl study imitation --help' lists its options.")
+        p.add_argument("study", choices=["imitation"], help="the study to run")
+        p.parse_args(argv[:1])  # --help, or a usage error naming the choices (exit 2)
     from .study import main as study_main
 
     return study_main(argv[1:])

@@ -31,7 +31,8 @@ class TrainArgs:
     """Arguments of ``dilqr-rl train`` (flags are the field names with ``-``)."""
 
     algo: str = _arg("ppo", "RL algorithm", ALGOS)
-    env: str = _arg("dilqr_rl/Pendulum-v0", "Gymnasium env id")
+    env: str = _arg("pendulum", "a task (pendulum, cartpole, rocket: its env) or the Gymnasium "
+                    "id of an env, e.g. dilqr_rl/MujocoPendulum-v0")
     policy: str = _arg("dilqr", "'dilqr' (DiLQR actor) or 'mlp' (SB3's default MlpPolicy)",
                        ("dilqr", "mlp"))
     learn: str = _arg("dynamics", "what the DiLQR actor learns: dynamics, cost, both, cost_net "
@@ -78,6 +79,10 @@ class TrainArgs:
     verbose: int = _arg(0, "SB3 verbosity")
 
     def __post_init__(self) -> None:
+        from dilqr_rl import tasks
+
+        if self.env in tasks.TASKS and tasks.get(self.env).env_id is not None:
+            self.env = tasks.get(self.env).env_id  # a task name: the task's env
         self._check_ranges()
         if self.sysid_every and self.policy != "dilqr":
             raise ValueError("sysid_every (--sysid-every) needs policy='dilqr' (an MLP has no "
@@ -122,8 +127,9 @@ class TrainArgs:
         try:
             gym.spec(self.env)
         except Exception:  # gymnasium's NameNotFound, VersionNotFound, ...
-            raise _arg_error("env", f"must be a registered Gymnasium id (e.g. "
-                                    f"{dilqr_rl.envs.ENV_IDS[0]!r}), got {self.env!r}") from None
+            raise _arg_error("env", f"must be a task ({', '.join(dilqr_rl.tasks.names())}) or "
+                                    f"a registered Gymnasium id (e.g. "
+                                    f"{dilqr_rl.envs.ENV_IDS[-1]!r}), got {self.env!r}") from None
         env_kwargs = _kv_arg(self.env_kwargs, "env_kwargs")
         _kv_arg(self.model_params, "model_params")
         if env_kwargs:
@@ -139,7 +145,8 @@ class TrainArgs:
             tasks.for_env(self.env)
         except ValueError:
             raise _arg_error("env", f"{self.env!r} is not the env of a dilqr_rl task; policy "
-                                    f"'dilqr' needs one of {dilqr_rl.envs.ENV_IDS}") from None
+                                    f"'dilqr' needs a task ({', '.join(tasks.names())}) or one "
+                                    f"of {sorted(tasks.ENV_TASKS)}") from None
         try:
             self.controller_spec()
         except ValueError as e:
