@@ -51,7 +51,7 @@ class Args:
                          "the last one)")
     data: str | None = arg(None, "expert data .npz to load; none: generate in memory")
     out: str = arg("runs/imitate", "output folder (JSON, PNG)")
-    progress: bool = arg(True, "show a progress bar")
+    progress: bool = arg(True, "show a progress bar (on a terminal only)")
 
 
 def check_args(args: Args) -> None:

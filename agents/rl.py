@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -283,7 +284,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*progress bar.*")
             model.learn(remaining, callback=_callbacks(args, run_dir, eval_env),
-                        progress_bar=args.progress_bar, reset_num_timesteps=ckpt is None,
+                        progress_bar=args.progress_bar and sys.stderr.isatty(),
+                        reset_num_timesteps=ckpt is None,
                         tb_log_name="run")
     wall = time.perf_counter() - t0
     atomic_write(os.path.join(run_dir, "final_model.zip"), model.save)

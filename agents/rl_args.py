@@ -74,7 +74,7 @@ class TrainArgs:
                                "its hash in checkpoints/manifest.json); checkpoints are pickles: "
                                "trust the run directory")
     tensorboard: bool = _arg(True, "write TensorBoard logs")
-    progress_bar: bool = _arg(True, "show SB3's progress bar")
+    progress_bar: bool = _arg(True, "show SB3's progress bar (on a terminal only)")
     threads: int = _arg(1, "torch.set_num_threads")
     verbose: int = _arg(0, "SB3 verbosity")
 

@@ -56,7 +56,7 @@ class StudyArgs:
     max_iter: int = arg(200, "iLQR iteration cap of the learners")
     out: str = arg("benchmarks/results", "output folder")
     name: str = arg("imitation_study", "output file stem")
-    progress: bool = arg(True, "progress bars")
+    progress: bool = arg(True, "progress bars (on a terminal only)")
     workers: int = arg(1, "parallel processes (each single-threaded); the machine is shared, so "
                       "1 by default")
 

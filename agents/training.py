@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from typing import Any
@@ -208,7 +209,7 @@ class _Run:
 
 
 def _progress(args: Args) -> Any:
-    if not args.progress:
+    if not args.progress or not sys.stderr.isatty():  # a log file gets no bar redraws
         return None
     from tqdm.auto import tqdm
 
