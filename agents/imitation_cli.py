@@ -115,10 +115,15 @@ def _print_summary(r: dict[str, Any]) -> None:
         for nm, v, t in zip(names, f["params"], r["truth"], strict=True):
             rel = abs(v - t) / abs(t) if t != 0 else abs(v - t)
             print(f"  {nm:>8} {v:>10.4f} {t:>10.4f} {rel:>8.2%}")
+    if f.get("identifiable") and r.get("identifiable_truth"):
+        print("  the dynamics depend on the parameters only through these (identifiable):")
+        for nm, t in r["identifiable_truth"].items():
+            v = f["identifiable"][nm]
+            print(f"  {nm:>8} {v:>10.4f} {t:>10.4f} {abs(v - t) / abs(t):>8.2%}")
     print(f"  imitation loss: train {f.get('train_im', math.nan):.3e}  "
           f"val {f.get('val_im', math.nan):.3e}  test {f.get('test_im', math.nan):.3e}")
     print(f"  model loss {f.get('model_loss', math.nan):.3e}"
-          + (f"   identifiable (g/l, m l^2) loss {f['ident_loss']:.3e}"
+          + (f"   identifiable loss {f['ident_loss']:.3e}"
              if not math.isnan(f.get("ident_loss", math.nan)) else "")
           + f"   non-physical at end: {f.get('nonphysical_final')}")
 

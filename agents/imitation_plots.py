@@ -20,7 +20,8 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
     import matplotlib.pyplot as plt
 
     runs = [record, *(others or [])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ident = any(r.get("identifiable_truth") for r in runs)
+    fig, axes = plt.subplots(1, 3 if ident else 2, figsize=(16 if ident else 11, 4))
     for i, r in enumerate(runs):
         h = r["history"]
         ep = [e["epoch"] for e in h]
@@ -38,9 +39,18 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
                 axes[1].plot(ep, [e["params"][j] / tv for e in h], c,
                              ls=["-", "--", ":", "-."][j % 4],
                              label=f"{name} {names[j]}" if len(truth) <= 5 else None)
-    axes[1].axhline(1.0, color="k", lw=0.8)
+        if ident and r.get("identifiable_truth") and h and h[0].get("identifiable"):
+            for j, (nm, tv) in enumerate(r["identifiable_truth"].items()):
+                axes[2].plot(ep, [e["identifiable"][nm] / tv for e in h], c,
+                             ls=["-", "--", ":", "-."][j % 4], label=f"{name} {nm}")
+    for ax in axes[1:]:
+        ax.axhline(1.0, color="k", lw=0.8, label="truth")
     axes[0].set(xlabel="epoch", ylabel="imitation loss", title="imitation loss")
     axes[1].set(xlabel="epoch", ylabel="learned / true", title="learned parameters")
+    if ident:
+        axes[2].set(xlabel="epoch", ylabel="learned / true",
+                    title="identifiable combinations (all the dynamics see)")
+        axes[2].legend(fontsize=7)
     axes[0].legend(fontsize=7)
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=7)

@@ -114,6 +114,14 @@ class Learner(nn.Module):
             return math.nan
         return float((v.detach() - ref).pow(2).mean())
 
+    def identifiable(self) -> dict[str, float] | None:
+        """dx learners of a task that declares identifiable combinations (the pendulum's
+        ``g / l`` and ``m l^2``): their learned values by name; else ``None``."""
+        v = self.learned()
+        if v is None or self.kind != "dx" or self.task.identifiable is None:
+            return None
+        return {k: float(c) for k, c in self.task.combinations(v.detach()).items()}
+
     def identifiable_loss(self) -> float:
         """dx learners of a task that declares identifiable combinations (the pendulum's
         ``g / l`` and ``m l^2``): the mean squared relative error of those; else NaN."""

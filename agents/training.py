@@ -189,7 +189,8 @@ class _Run:
             epoch=epoch, steps=self.steps, train_im=self.train_im, val_im=val, test_im=test,
             model_loss=learner.model_loss(), ident_loss=learner.identifiable_loss(),
             params=None if v is None else v.detach().tolist(),
-            nonphysical=learner.nonphysical(), unconverged=learner.unconverged,
+            identifiable=learner.identifiable(), nonphysical=learner.nonphysical(),
+            unconverged=learner.unconverged,
             train_time=self.t_train, eval_time=self.t_eval))
 
     def record(self) -> dict[str, Any]:
@@ -201,11 +202,13 @@ class _Run:
                      nonphysical_frac=self.nonphys_steps / max(steps, 1),
                      saved_bytes_per_step=self.saved_bytes,
                      train_time_per_step=self.t_train / max(steps, 1), steps=steps)
-        truth = learner.truth()
+        truth, task = learner.truth(), learner.task
+        ident = None if learner.identifiable() is None else {
+            k: float(c) for k, c in task.combinations(task.theta()).items()}
         return dict(args=dataclasses.asdict(self.args),
                     truth=None if truth is None else truth.tolist(),
-                    param_names=list(learner.task.param_names), history=self.history,
-                    final=final)
+                    param_names=list(task.param_names), identifiable_truth=ident,
+                    history=self.history, final=final)
 
 
 def _progress(args: Args) -> Any:
