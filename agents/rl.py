@@ -35,6 +35,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,9 @@ from .checkpoints import (
     write_manifest,
     write_text,
 )
+from .episodes import run_episodes
 from .rl_args import ALGOS, TrainArgs, parse_args, parse_kv
+from .rl_reference import identifiable, reference_returns, true_params
 
 __all__ = ["ALGOS", "TrainArgs", "evaluate", "latest_checkpoint", "main_train", "make_model",
            "parse_args", "parse_kv", "plot_curve", "read_evaluations", "save_checkpoint",
@@ -92,22 +95,26 @@ def make_model(args: TrainArgs, env: Any, tb_dir: str | None) -> Any:
     return cls(policy, env, policy_kwargs=pk, **kw)
 
 
-def evaluate(model: Any, env: Any, episodes: int, seed: int) -> list[float]:
-    """Deterministic returns of ``episodes`` episodes with seeds ``seed, seed+1, ...``
-    (a DiLQR actor's warm start is reset before each episode and after the evaluation)."""
+def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0) -> list[float]:
+    """Deterministic returns of one episode per env of ``envs`` (a list; or one env, which
+    then plays ``episodes`` episodes in turn) with seeds ``seed, seed+1, ...``. The envs of a
+    list run in lockstep, so a DiLQR actor plans for all of them in one batched solve (its warm
+    start is reset before and after)."""
     actor = _actor(model)
-    rets = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        if actor is not None:
-            actor.reset()
-        done, ret = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, r, term, trunc, _ = env.step(action)
-            ret += float(r)
-            done = term or trunc
-        rets.append(ret)
+    if actor is not None:
+        actor.reset()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=True)[0]
+
+    if isinstance(envs, (list, tuple)):
+        rets = run_episodes(envs, seed, act)
+    else:
+        rets = []
+        for ep in range(episodes or 1):
+            if actor is not None:
+                actor.reset()
+            rets += run_episodes([envs], seed + ep, act)
     if actor is not None:
         actor.reset()
     return rets
@@ -123,7 +130,7 @@ def _actor(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- callbacks
-def _callbacks(args: TrainArgs, run_dir: str, eval_env: Any) -> list[Any]:
+def _callbacks(args: TrainArgs, run_dir: str, eval_envs: list[Any]) -> list[Any]:
     """System id (first, so an evaluation at step t sees the fit of step t), periodic
     evaluation, checkpoints and, for DiLQR actors, their logging."""
     from stable_baselines3.common.callbacks import BaseCallback
@@ -146,7 +153,7 @@ def _callbacks(args: TrainArgs, run_dir: str, eval_env: Any) -> list[Any]:
 
         def _evaluate(self) -> None:
             t0 = time.perf_counter()
-            rets = evaluate(self.model, eval_env, args.eval_episodes, seed=10_000 + args.seed)
+            rets = evaluate(self.model, eval_envs, seed=10_000 + args.seed)
             rec: dict[str, Any] = {"timesteps": int(self.num_timesteps),
                                    "mean": float(np.mean(rets)), "std": float(np.std(rets)),
                                    "returns": rets, "eval_s": time.perf_counter() - t0}
@@ -185,8 +192,13 @@ def _callbacks(args: TrainArgs, run_dir: str, eval_env: Any) -> list[Any]:
     return cbs
 
 
-def plot_curve(run_dir: str, title: str = "") -> str:
-    """``learning_curve.png`` from ``evaluations.jsonl`` (and the physical parameters)."""
+def plot_curve(run_dir: str, title: str = "", reference: float | None = None,
+               truth: dict[str, float] | None = None,
+               combos: Callable[[dict[str, float]], dict[str, float] | None] | None = None
+               ) -> str:
+    """``learning_curve.png`` from ``evaluations.jsonl``: the return, with the true-model MPC
+    return ``reference`` as a line; the physical parameters with their ``truth``; and, where
+    ``combos`` maps parameters to identifiable combinations, those relative to the truth's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,23 +209,40 @@ def plot_curve(run_dir: str, title: str = "") -> str:
     mu = np.array([r["mean"] for r in recs])
     sd = np.array([r["std"] for r in recs])
     has_p = bool(recs) and "params" in recs[0]
-    fig, axes = plt.subplots(1, 2 if has_p else 1, figsize=(10 if has_p else 5.5, 4),
-                             squeeze=False)
+    has_c = has_p and truth is not None and combos is not None and combos(truth) is not None
+    n = 1 + has_p + has_c
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
     ax = axes[0, 0]
     ax.plot(t, mu, "o-")
     ax.fill_between(t, mu - sd, mu + sd, alpha=0.3)
     ax.set_xlabel("env steps")
     ax.set_ylabel("deterministic return")
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label="true-model MPC")
+        ax.legend()
     ax.set_title(title or os.path.basename(run_dir))
     ax.grid(alpha=0.3)
     if has_p:
         ax2 = axes[0, 1]
-        for k in recs[0]["params"]:
-            ax2.plot(t, [r["params"][k] for r in recs], "o-", label=k)
+        for i, k in enumerate(recs[0]["params"]):
+            ax2.plot(t, [r["params"][k] for r in recs], "o-", color=f"C{i}", label=k)
+            if truth is not None and k in truth:
+                ax2.axhline(truth[k], color=f"C{i}", ls="--", lw=1)
         ax2.set_xlabel("env steps")
-        ax2.set_title("controller model parameters")
+        ax2.set_title("controller model parameters (dashed: true)")
         ax2.legend()
         ax2.grid(alpha=0.3)
+    if has_c:
+        ax3, ref_c = axes[0, 2], combos(truth)
+        for i, k in enumerate(ref_c):
+            ax3.plot(t, [combos(r["params"])[k] / ref_c[k] for r in recs], "o-",
+                     color=f"C{i + 3}", label=k)
+        ax3.axhline(1.0, color="k", ls="--", lw=1)
+        ax3.set_xlabel("env steps")
+        ax3.set_ylabel("learned / true")
+        ax3.set_title("identifiable combinations (all the dynamics see)")
+        ax3.legend()
+        ax3.grid(alpha=0.3)
     fig.tight_layout()
     out = os.path.join(run_dir, "learning_curve.png")
     fig.savefig(out, dpi=100)
@@ -275,7 +304,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     write_text(os.path.join(run_dir, "args.json"), json.dumps(dataclasses.asdict(args), indent=1))
     env_kwargs = parse_kv(args.env_kwargs)
     env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs)
-    eval_env = gym.make(args.env, **env_kwargs)
+    # one env per evaluation episode: the episodes run as one batch (rl.evaluate)
+    eval_envs = [gym.make(args.env, **env_kwargs) for _ in range(args.eval_episodes)]
     tb_dir = os.path.join(run_dir, "tb") if args.tensorboard else None
     model, ckpt = _start(args, run_dir, env, tb_dir)
     remaining = args.total_timesteps - model.num_timesteps
@@ -283,14 +313,18 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if remaining > 0:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*progress bar.*")
-            model.learn(remaining, callback=_callbacks(args, run_dir, eval_env),
+            model.learn(remaining, callback=_callbacks(args, run_dir, eval_envs),
                         progress_bar=args.progress_bar and sys.stderr.isatty(),
                         reset_num_timesteps=ckpt is None,
                         tb_log_name="run")
     wall = time.perf_counter() - t0
     atomic_write(os.path.join(run_dir, "final_model.zip"), model.save)
-    final = evaluate(model, eval_env, args.eval_episodes, seed=10_000 + args.seed)
-    png = plot_curve(run_dir, f"{args.algo.upper()} ({args.policy}) on {args.env}")
+    final = evaluate(model, eval_envs, seed=10_000 + args.seed)
+    ref = reference_returns(args, eval_envs, seed=10_000 + args.seed) if args.reference else None
+    truth = true_params(args)
+    png = plot_curve(run_dir, f"{args.algo.upper()} ({args.policy}) on {args.env}",
+                     None if ref is None else float(np.mean(ref)), truth,
+                     lambda p: identifiable(args, p) if truth is not None else None)
     summary: dict[str, Any] = {"run_dir": run_dir, "timesteps": int(model.num_timesteps),
                                "final_mean": float(np.mean(final)),
                                "final_std": float(np.std(final)),
@@ -299,9 +333,17 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if _actor(model) is not None:
         from dilqr_rl import sb3
 
-        summary["params"] = sb3.physical_params(model.policy)
+        summary["params"] = params = sb3.physical_params(model.policy)
+        summary["true_params"] = truth
+        learned = identifiable(args, params)
+        if learned is not None and truth is not None:  # what the transitions can identify
+            summary["identifiable"] = {k: {"learned": v, "true": identifiable(args, truth)[k]}
+                                       for k, v in learned.items()}
+    if ref is not None:
+        summary["reference_mean"] = float(np.mean(ref))
     env.close()
-    eval_env.close()
+    for e in eval_envs:
+        e.close()
     return summary
 
 

@@ -75,6 +75,8 @@ class TrainArgs:
                                "trust the run directory")
     tensorboard: bool = _arg(True, "write TensorBoard logs")
     progress_bar: bool = _arg(True, "show SB3's progress bar (on a terminal only)")
+    reference: bool = _arg(True, "also evaluate MPC with the true model (the learning curve's "
+                                 "reference line)")
     threads: int = _arg(1, "torch.set_num_threads")
     verbose: int = _arg(0, "SB3 verbosity")
 

@@ -1,0 +1,46 @@
+"""The trainer's evaluation: episodes run in lockstep as one batch give the returns of
+running them one by one, and the reference (true-model MPC) is what a learned model is
+measured against."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+from stable_baselines3 import PPO  # noqa: E402
+
+import dilqr_rl.envs  # noqa: E402,F401
+from dilqr_rl import sb3  # noqa: E402
+from dilqr_rl.agents import rl  # noqa: E402
+from dilqr_rl.agents.rl_args import parse_args  # noqa: E402
+from dilqr_rl.agents.rl_reference import identifiable, reference_returns, true_params  # noqa
+
+
+def _envs(n: int, steps: int = 25) -> list:
+    return [gym.make("dilqr_rl/Pendulum-v0", max_episode_steps=steps) for _ in range(n)]
+
+
+def test_batched_evaluation_equals_one_by_one() -> None:
+    spec = sb3.controller_spec("pendulum", {"m": 1.3}, horizon=8, max_iter=6)
+    model = PPO(sb3.DiLQRActorCriticPolicy, _envs(1)[0], n_steps=32, batch_size=16, seed=0,
+                policy_kwargs={"controller": spec})
+    batched = rl.evaluate(model, _envs(3), seed=7)
+    one_by_one = rl.evaluate(model, _envs(1)[0], 3, seed=7)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-9)
+    assert len(set(np.round(batched, 6))) == 3  # three different starts
+
+
+@pytest.mark.slow
+def test_reference_is_the_true_model() -> None:
+    flags = ["--env", "pendulum", "--horizon", "20", "--max-iter", "10", "--eval-episodes", "2"]
+    args = parse_args([*flags, "--env-kwargs", "m=1.2"])
+    truth = true_params(args)
+    assert truth == {"g": 10.0, "m": 1.2, "l": 1.0}
+    assert identifiable(args, truth) == pytest.approx({"g/l": 10.0, "m l^2": 1.2})
+    envs = [gym.make("dilqr_rl/Pendulum-v0", m=1.2, max_episode_steps=100) for _ in range(2)]
+    ref = reference_returns(args, envs, seed=3)
+    # the same controller planning with m = 6 in the same m = 1.2 envs does worse
+    bad = reference_returns(parse_args([*flags, "--env-kwargs", "m=6.0"]), envs, seed=3)
+    assert np.mean(ref) > np.mean(bad) + 50, (ref, bad)
