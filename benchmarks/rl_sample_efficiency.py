@@ -204,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--horizon", type=int, default=PENDULUM.horizon)
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the PNG from the JSON of a finished run")
     p.add_argument("--reuse", action="store_true",
                    help="reuse the result.json of finished runs with the same arguments "
                         "(re-aggregate without retraining)")
@@ -273,6 +275,10 @@ def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
 
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
+    if opt.replot:  # the figure again from the JSON of a finished run
+        with open(opt.out + ".json") as f:
+            plot(json.load(f), opt.out + ".png")
+        return 0
     t_start = time.perf_counter()
     runs, mpc_out = run_all(opt)
     report: dict[str, Any] = {"budget": opt.budget, "mlp_budget": opt.mlp_budget,
@@ -320,28 +326,40 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def plot(report: dict[str, Any], path: str) -> None:
+    """Per env: every method's learning curve (mean +- std over seeds) with the MPC returns of
+    the true and the initial model as reference lines; top row the full range, bottom row
+    zoomed on the range of the references, where the DiLQR curves and the target live (a
+    diverging baseline would otherwise squash them flat)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     envs = list(report["envs"])
-    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4.2), squeeze=False)
-    for ax, env in zip(axes[0], envs, strict=True):
+    fig, axes = plt.subplots(2, len(envs), figsize=(6 * len(envs), 8), squeeze=False)
+    for col, env in enumerate(envs):
         er = report["envs"][env]
-        for m, r in er["methods"].items():
-            t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
-            ax.plot(t, mu, "o-", label=m)
-            ax.fill_between(t, mu - sd, mu + sd, alpha=0.2)
-        ax.axhline(er["mpc_true"]["mean"], color="k", ls="--", label="MPC, true model")
-        ax.axhline(er["threshold"], color="k", ls=":", label="within 10 %")
-        ax.axhline(er["mpc_wrong"]["mean"], color="r", ls="--", lw=0.8,
-                   label="MPC, initial model")
-        ax.set_title(f"{env} ({len(report['seeds'])} seeds, mean +- std)")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("deterministic return")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        refs = [er["mpc_true"]["mean"], er["mpc_wrong"]["mean"], er["threshold"]]
+        for row in (0, 1):
+            ax = axes[row, col]
+            for i, (m, r) in enumerate(er["methods"].items()):
+                t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
+                ax.plot(t, mu, "o-", ms=3, color=f"C{i}", label=m)
+                ax.fill_between(t, mu - sd, mu + sd, alpha=0.15, color=f"C{i}")
+            ax.axhline(refs[0], color="k", ls="--", label="MPC, true model")
+            ax.axhline(refs[2], color="k", ls=":", label="within 10 % (target)")
+            ax.axhline(refs[1], color="r", ls="--", lw=0.8, label="MPC, initial model")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("deterministic return")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{env} ({len(report['seeds'])} seeds, mean +- std)")
+            else:
+                lo, hi = min(refs), max(refs)
+                pad = 0.25 * (hi - lo)
+                ax.set_ylim(lo - pad, hi + pad)
+                ax.set_title(f"{env}: zoom on the reference returns")
+        axes[0, col].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
