@@ -40,3 +40,23 @@ def test_rl_pendulum_ppo_identifies_and_improves():
     for k, v in r["truth"].items():
         assert abs(r["learned"][k] / v - 1) < 0.01, (k, r["learned"][k], v)
     assert r["after"] >= r["reference"] * 1.1 and r["before"] < r["reference"] * 2, r
+
+
+@pytest.mark.slow
+def test_imitation_pendulum_recovers_the_identifiable_model(tmp_path, monkeypatch):
+    """The main demo's claim: g/l and m l^2 within 2 % of the truth."""
+    import json
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["imitation_pendulum.py", "--out", str(tmp_path),
+                                      "--no-progress"])
+    import runpy
+
+    try:
+        runpy.run_path(str(EXAMPLES / "imitation_pendulum.py"), run_name="__main__")
+    except SystemExit as e:
+        assert e.code == 0
+    (rec,) = json.loads(next(tmp_path.glob("*.json")).read_text())
+    final, truth = rec["final"]["identifiable"], rec["identifiable_truth"]
+    for k, v in truth.items():
+        assert abs(final[k] / v - 1) < 0.02, (k, final[k], v)
