@@ -15,7 +15,7 @@ training set uses the first ``n`` training trajectories, so the 10 / 50 / 100 se
 
 Everything about a system comes from its :mod:`dilqr_rl.tasks` entry: the true parameters
 (``task.params``), the expert's cost (``task.demo_tracking()``), the control bound
-(``task.u_upper``), the horizon (``task.horizon``), the start distribution
+(``task.u_upper``), the horizon (``task.demo_horizon``), the start distribution
 (``task.demo_starts``) and the learners' initial guess (``task.learn_init``). :data:`ENVS` are
 the registered tasks that have a tracking cost for imitation.
 """
@@ -75,7 +75,7 @@ def demo_controller(task: Task | str, u_bound: float | None = None, *, grad: str
                     **config: Any) -> dl.DiLQR:
     """The imitation experiment's controller: the task's true model and its expert tracking
     cost (:meth:`dilqr_rl.tasks.Task.demo_tracking`), float64 and frozen (learners pass
-    ``params=`` or ``weights=`` / ``goal=``), horizon ``task.horizon``, ``|u_i| <= b``
+    ``params=`` or ``weights=`` / ``goal=``), horizon ``task.demo_horizon``, ``|u_i| <= b``
     (:func:`control_bound`).
 
     :param grad: the layer's gradient mode
@@ -85,7 +85,7 @@ def demo_controller(task: Task | str, u_bound: float | None = None, *, grad: str
     b = control_bound(task, u_bound)
     dyn = task.dynamics(dtype=torch.float64).requires_grad_(False)
     cost = task.demo_tracking().cost(task.n_state).double().requires_grad_(False)
-    return dl.DiLQR(dyn, cost, horizon=task.horizon, u_lower=-b, u_upper=b,
+    return dl.DiLQR(dyn, cost, horizon=task.demo_horizon, u_lower=-b, u_upper=b,
                     config=task.config(**config), grad=grad)
 
 
@@ -143,7 +143,7 @@ class ExpertData:
             raise ValueError(f"expert data field config['u_bound'] must be a finite number > 0, "
                              f"got {u_bound!r}")
         task = tasks.get(self.env)
-        T, n, m, p = task.horizon, task.n_state, task.n_ctrl, len(task.params)
+        T, n, m, p = task.demo_horizon, task.n_state, task.n_ctrl, len(task.params)
         for k in ("x", "u", "theta", "weights", "goal"):
             v = getattr(self, k)
             if not isinstance(v, Tensor):
@@ -269,7 +269,7 @@ def make_expert_data(env: str, n_train: int = 100, n_val: int = 10, n_test: int 
         if not bool(ok.all()):
             raise RuntimeError(f"{env}: {int((~ok).sum())} expert solves did not converge")
     tracking = task.demo_tracking()
-    config = dict(horizon=task.horizon, u_bound=control_bound(task, u_bound), tol=tol,
+    config = dict(horizon=task.demo_horizon, u_bound=control_bound(task, u_bound), tol=tol,
                   max_iter=max_iter, param_names=list(task.param_names),
                   solver="dilqr_rl.DiLQR from zeros")
     return ExpertData(env=env, x=x.detach().clone(), u=u.detach().clone(),

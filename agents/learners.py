@@ -24,7 +24,7 @@ learner          what is learned, and how the gradient is computed
 ================ ===========================================================================
 
 The controllers are :func:`agents.data.demo_controller`: the task's true model and expert
-tracking cost in float64, horizon ``task.horizon``, ``|u_i| <=`` the task's bound (or
+tracking cost in float64, horizon ``task.demo_horizon``, ``|u_i| <=`` the task's bound (or
 ``Args.u_bound``). The cost learners learn the :class:`dilqr_rl.tasks.Tracking` weights
 ``w = sigmoid(logit)`` and goal, compared with the expert's; the controller's cost is
 ``QuadraticCost.tracking(2 w, goal)`` (the ``1/2 w`` convention).
@@ -232,7 +232,7 @@ class NNLearner(Learner):
     def __init__(self, task: Task, args: Args, arch: str):
         super().__init__(task, args)
         cls = LSTMPolicy if arch == "lstm" else MLPPolicy
-        self.policy = cls(task.n_state, task.n_ctrl, task.horizon)
+        self.policy = cls(task.n_state, task.n_ctrl, task.demo_horizon)
 
     def predict(self, x0: Tensor, u_init: Tensor | None) -> Tensor:
         return self.policy(x0.float()).double()

@@ -122,6 +122,8 @@ _AGENT_COMMANDS = {
                 "behaviour cloning: learn the model through DiLQR from expert actions"),
     "study": ("dilqr_rl.agents.imitation_cli", "main_study",
               "run a whole comparison study (e.g. `dilqr-rl study imitation`)"),
+    "mpc": ("dilqr_rl.agents.mpc", "main_mpc",
+            "closed-loop MPC with a task's own controller: success rate, plot, GIF"),
     "train": ("dilqr_rl.agents.rl", "main_train",
               "train a DiLQR actor with Stable-Baselines3 (PPO, A2C, SAC, TD3)"),
 }
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dilqr-rl", description="Differentiable iLQR (DiLQR): a demo, imitation, RL. "
         "Without a command: the demo.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{demo,imitate,study,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,imitate,study,mpc,train}")
     p = sub.add_parser("demo", help="the pendulum: a batched solve, a receding-horizon "
                        "swing-up and the exact gradient checked (~5 s)",
                        description="Solve a batch of pendulum plans at once, swing the batch "

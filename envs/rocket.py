@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from dilqr_rl.tasks.rocket import COST_WEIGHTS, ROCKET, final_cost, tilt
+from dilqr_rl.tasks.rocket import COST_WEIGHTS, LANDING, ROCKET, final_cost, tilt
 
 from .base import DynamicsEnv
 from .mjcf import rocket_mjcf
@@ -80,8 +80,8 @@ class RocketEnv(DynamicsEnv):
     _camera: ClassVar[dict[str, Any]] = {"lookat": (-4.0, 2.5, 4.0), "distance": 22.0,
                                          "azimuth": 60.0, "elevation": -15.0}
     #: a touchdown counts as a landing within this distance of the origin and tilt angle
-    land_radius = 0.5
-    land_tilt_deg = 10.0
+    land_radius = LANDING["distance"]
+    land_tilt_deg = LANDING["tilt_deg"]
 
     def __init__(self, *, renormalize: bool = True, **kwargs: Any):
         super().__init__(**kwargs)

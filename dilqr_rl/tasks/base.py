@@ -82,7 +82,8 @@ class Task:
     :ivar sample_start: ``(numpy Generator) -> x0 (n,)``, the env's start distribution
     :ivar sample_demo_start: ``(torch Generator, N) -> x0 (N, n)`` float64, the imitation
         experiment's start distribution; default: ``sample_start`` N times
-    :ivar horizon: default MPC horizon ``T`` (controllers, RL actors, imitation)
+    :ivar horizon: default MPC horizon ``T`` (controllers, closed-loop MPC, RL actors)
+    :ivar demo_horizon: the imitation experiment's horizon (default ``horizon``)
     :ivar params: true physical parameters; default the model's ``param_defaults``
     :ivar dt: time step; default the model's ``default_dt``
     :ivar u_lower: control lower bound (scalar or ``(m,)``); default the model's
@@ -93,8 +94,15 @@ class Task:
         :class:`Tracking`; the cost learners need one)
     :ivar unit_blocks: ``(start, stop, name)`` state blocks of unit norm (``cos``/``sin``
         pairs, quaternions): their observations lie in ``[-1, 1]``
+    :ivar state_names: a short name per state coordinate (plots); default ``x[i]``
     :ivar env_id: the Gymnasium id of the task's env (``None``: no env)
     :ivar episode_steps: the env's time limit
+    :ivar shrink_horizon: closed-loop MPC plans to a fixed end: at env step ``k`` the horizon
+        is ``max(horizon - k, min_horizon)`` (:meth:`horizon_at`; the rocket lands at the end
+        of its first plan instead of chasing a target that moves with the horizon)
+    :ivar min_horizon: the shortest horizon of a shrinking one
+    :ivar success: ``(final state (n,), last step info) -> bool``, what counts as a
+        successful closed-loop episode (swung up and held, landed)
     :ivar identifiable: ``theta (..., p) -> {name: (...)}``, the parameter combinations the
         dynamics actually depend on, where the raw parameters are not identifiable (the
         pendulum depends on ``g / l`` and ``m l^2`` only); ``None``: the parameters themselves
@@ -114,10 +122,15 @@ class Task:
     solver: Mapping[str, Any] = field(default_factory=lambda: {"max_iter": 15, "tol": 1e-6})
     learn_init: Mapping[str, float] | None = None
     demo_cost: Tracking | None = None
+    demo_horizon: int | None = None
     unit_blocks: tuple[tuple[int, int, str], ...] = ()
+    state_names: tuple[str, ...] | None = None
     env_id: str | None = None
     episode_steps: int = 200
     identifiable: Callable[[Tensor], dict[str, Tensor]] | None = None
+    shrink_horizon: bool = False
+    min_horizon: int = 1
+    success: Callable[[np.ndarray, dict[str, Any]], bool] | None = None
 
     def __post_init__(self) -> None:
         def put(k: str, v: Any) -> None:
@@ -157,6 +170,12 @@ class Task:
                                  "not a Tracking cost")
             tracking = self.cost
             put("reward", lambda x, u: -tracking.value(x, u))
+        names = self.state_names or tuple(f"x[{i}]" for i in range(self.model.n_state))
+        if len(names) != self.model.n_state:
+            raise ValueError(f"task {self.name!r}: state_names must name the "
+                             f"{self.model.n_state} state coordinates, got {names}")
+        put("state_names", tuple(names))
+        put("demo_horizon", self.horizon if self.demo_horizon is None else self.demo_horizon)
         if not (isinstance(self.horizon, int) and self.horizon >= 1):
             raise ValueError(f"task {self.name!r}: horizon must be an int >= 1, got "
                              f"{self.horizon!r}")
@@ -243,6 +262,12 @@ class Task:
         rng = np.random.default_rng(seed)
         return torch.tensor(np.stack([self.sample_start(rng) for _ in range(n)]),
                             dtype=torch.float64)
+
+    def horizon_at(self, step: int, horizon: int | None = None) -> int:
+        """The MPC horizon at env step ``step`` of an episode (``horizon``: the first one,
+        default the task's): constant, or shrinking to ``min_horizon``."""
+        h = horizon or self.horizon
+        return max(h - step, min(self.min_horizon, h)) if self.shrink_horizon else h
 
     def combinations(self, theta: Tensor) -> dict[str, Tensor]:
         """The identifiable combinations of ``theta (..., p)`` by name (the parameters

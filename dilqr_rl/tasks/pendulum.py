@@ -39,6 +39,11 @@ def sample_demo_start(gen: torch.Generator, n: int) -> Tensor:
     return torch.stack([th.cos(), th.sin(), dth], -1)
 
 
+def success(x: np.ndarray, info: dict) -> bool:
+    """Swung up and held: within 0.1 rad of upright and nearly at rest at the episode's end."""
+    return abs(math.atan2(x[1], x[0])) < 0.1 and abs(float(x[2])) < 0.5
+
+
 def identifiable(theta: Tensor) -> dict[str, Tensor]:
     """The dynamics depend on ``(g, m, l)`` only through ``g / l`` and ``m l^2``."""
     g, m, l = theta[..., 0], theta[..., 1], theta[..., 2]
@@ -49,5 +54,6 @@ PENDULUM = Task(
     name="pendulum", model=Pendulum, cost=COST, reward=reward, sample_start=sample_start,
     sample_demo_start=sample_demo_start, horizon=20,
     learn_init={"g": 15.0, "m": 3.0, "l": 0.5},  # DiffMPC's initial guess
-    unit_blocks=((0, 2, "cos th, sin th"),), env_id="dilqr_rl/Pendulum-v0", episode_steps=200,
-    identifiable=identifiable)
+    unit_blocks=((0, 2, "cos th, sin th"),), state_names=("cos th", "sin th", "thdot"),
+    env_id="dilqr_rl/Pendulum-v0", episode_steps=200,
+    identifiable=identifiable, success=success)

@@ -1,0 +1,54 @@
+"""Closed-loop MPC with each task's own controller (``dilqr-rl mpc``): every system succeeds
+from fixed starts, the rocket lands (within 0.5 m, 10 degrees, 1 m/s), and the command writes
+what it says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dilqr_rl as dl
+from dilqr_rl.agents.mpc import main_mpc, run_mpc
+
+
+def test_shrinking_horizon() -> None:
+    rocket, pendulum = dl.tasks.get("rocket"), dl.tasks.get("pendulum")
+    assert [rocket.horizon_at(k) for k in (0, 1, 34, 35, 60)] == [40, 39, 6, 5, 5]
+    assert [pendulum.horizon_at(k) for k in (0, 150)] == [20, 20]
+    assert rocket.horizon_at(3, horizon=4) == 4  # never below min_horizon, nor above the start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["dilqr_rl/Pendulum-v0", "dilqr_rl/CartPole-v0",
+                                    "dilqr_rl/Rocket-v0"])
+def test_closed_loop_mpc_succeeds(env_id: str) -> None:
+    r = run_mpc(env_id, 2, seed=11)
+    assert r["success"] == [True, True], r["infos"]
+    if "Rocket" in env_id:  # landed: touched down at the pad, upright, slowly
+        for info in r["infos"]:
+            assert info["distance"] < 0.5 and info["tilt_deg"] < 10 and info["speed"] < 1.0
+
+
+@pytest.mark.slow
+def test_wrong_model_fails_where_the_true_one_succeeds() -> None:
+    ok = run_mpc("dilqr_rl/Pendulum-v0", 2, seed=3, max_iter=10)
+    bad = run_mpc("dilqr_rl/Pendulum-v0", 2, seed=3, max_iter=10, model_params={"m": 5.0})
+    assert ok["success"] == [True, True] and bad["success"] == [False, False]
+    assert min(ok["returns"]) > max(bad["returns"])
+
+
+def test_mpc_command_writes_json_plot_and_gif(tmp_path, capsys) -> None:
+    argv = ["--env", "pendulum", "--episodes", "2", "--steps", "12", "--out", str(tmp_path)]
+    assert main_mpc(argv) == 0
+    out = capsys.readouterr().out
+    # seed 0 starts far from upright (12 steps, 0.6 s, are too short), seed 1 next to it
+    assert "episode 0: return" in out and "success 50 % of 2" in out
+    rec = json.loads((tmp_path / "mpc_Pendulum-v0.json").read_text())
+    assert rec["success"] == [False, True] and len(rec["states"]) == 13
+    assert (tmp_path / "mpc_Pendulum-v0.png").stat().st_size > 0
+    assert (tmp_path / "mpc_Pendulum-v0.gif").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main_mpc(["--env", "nope"])
+    with pytest.raises(SystemExit):
+        main_mpc(["--episodes", "0"])
