@@ -57,9 +57,9 @@ class RocketEnv(DynamicsEnv):
 
     ## Episode end
 
-    Terminated on touchdown (altitude ``r_x <= 0``); ``info`` then holds ``"landed"`` (within
-    ``0.5`` of the origin and tilted less than ``10`` degrees), ``"distance"``, ``"tilt_deg"``
-    and ``"speed"``. Truncated after the task's ``episode_steps`` by the registered
+    Terminated on touchdown (altitude ``r_x <= 0``); ``info`` then holds ``"landed"`` (within the
+    task's ``LANDING`` distance of the origin and tilt, pointing up), ``"distance"``,
+    ``"tilt_deg"`` and ``"speed"``; the task's ``success`` also asks for its landing speed. Truncated after the task's ``episode_steps`` by the registered
     ``TimeLimit``.
 
     ## Arguments
