@@ -59,8 +59,8 @@ class RocketEnv(DynamicsEnv):
 
     Terminated on touchdown (altitude ``r_x <= 0``); ``info`` then holds ``"landed"`` (within the
     task's ``LANDING`` distance of the origin and tilt, pointing up), ``"distance"``,
-    ``"tilt_deg"`` and ``"speed"``; the task's ``success`` also asks for its landing speed. Truncated after the task's ``episode_steps`` by the registered
-    ``TimeLimit``.
+    ``"tilt_deg"`` and ``"speed"``; the task's ``success`` also asks for its landing speed.
+    Truncated after the task's ``episode_steps`` by the registered ``TimeLimit``.
 
     ## Arguments
 
