@@ -9,7 +9,7 @@ import pytest
 
 from dilqr_rl import cli
 
-HELP = [["demo"], ["imitate"], ["study"], ["study", "imitation"], ["train"], []]
+HELP = [["demo"], ["imitate"], ["study"], ["study", "imitation"], ["train"], ["mpc"], []]
 
 
 @pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a) or "top")
