@@ -32,7 +32,7 @@ from dilqr_rl.agents.imitation import main_study  # noqa: E402
 #: a tiny PPO run with SB3's MLP policy (about a second per 128 steps)
 BASE = ["--algo", "ppo", "--policy", "mlp", "--n-steps", "64", "--batch-size", "32",
         "--n-epochs", "1", "--eval-freq", "64", "--eval-episodes", "1", "--checkpoint-freq", "64",
-        "--no-progress-bar", "--no-tensorboard"]
+        "--no-progress-bar", "--no-tensorboard", "--no-reference"]
 SAC = ["--algo", "sac", "--learning-starts", "32", "--batch-size", "16"]
 
 
@@ -291,7 +291,7 @@ def test_train_cli_flag_error_exits_2(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--eval-freq", "0", "--policy", "mlp", "--total-timesteps", "64",
-                  "--no-progress-bar", "--no-tensorboard"])
+                  "--no-progress-bar", "--no-tensorboard", "--no-reference"])
     assert e.value.code == 2 and "--eval-freq" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
