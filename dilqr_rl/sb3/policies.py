@@ -76,6 +76,30 @@ class _DiLQRPolicy:
         return data
 
 
+class _OffPolicyDiLQR(_DiLQRPolicy):
+    """SAC / TD3: the same keywords, and an actor class (``_actor_class``) whose ``mu`` is the
+    DiLQR actor; ``net_arch`` defaults to ``_default_net_arch``."""
+
+    _actor_class: type[nn.Module]
+    _default_net_arch: dict[str, list[int]]
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box,
+                 lr_schedule: Callable[[float], float], controller: Spec,
+                 learn: str = "dynamics", cost_net_arch: tuple[int, ...] = (64, 64),
+                 obs_to_state: ObsToState = None, controller_lr_scale: float = 30.0,
+                 plan_cache: int = 100_000, net_arch: Any = None, **kwargs: Any):
+        self._setup_dilqr(kwargs, controller, learn, cost_net_arch, obs_to_state,
+                          controller_lr_scale, plan_cache)
+        super().__init__(observation_space, action_space, lr_schedule,  # type: ignore[call-arg]
+                         net_arch=net_arch or dict(self._default_net_arch), **kwargs)
+
+    def make_actor(self, features_extractor: Any = None) -> nn.Module:
+        kw = self._update_features_extractor(  # type: ignore[attr-defined]
+            self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
+        return self._actor_class(**kw, dilqr=self._dilqr_kwargs).to(
+            self.device)  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------- PPO / A2C
 class DiLQRActorCriticPolicy(_DiLQRPolicy, ActorCriticPolicy):
     """PPO/A2C policy: the Gaussian's mean is DiLQR's first control; learnable state-independent
@@ -154,7 +178,7 @@ class DiLQRSACActor(SACActor):
         return super().forward(obs, deterministic=False)
 
 
-class DiLQRSACPolicy(_DiLQRPolicy, SACPolicy):
+class DiLQRSACPolicy(_OffPolicyDiLQR, SACPolicy):
     """SAC policy with a DiLQR actor (:class:`DiLQRSACActor`) and SB3's MLP critics.
 
     Keywords ``controller``, ``learn``, ``cost_net_arch``, ``obs_to_state``,
@@ -162,19 +186,8 @@ class DiLQRSACPolicy(_DiLQRPolicy, SACPolicy):
     (default ``dict(pi=[64], qf=[256, 256])``): ``pi`` is the ``log_std`` network.
     """
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box,
-                 lr_schedule: Callable[[float], float], controller: Spec,
-                 learn: str = "dynamics", cost_net_arch: tuple[int, ...] = (64, 64),
-                 obs_to_state: ObsToState = None, controller_lr_scale: float = 30.0,
-                 plan_cache: int = 100_000, net_arch: Any = None, **kwargs: Any):
-        self._setup_dilqr(kwargs, controller, learn, cost_net_arch, obs_to_state,
-                          controller_lr_scale, plan_cache)
-        super().__init__(observation_space, action_space, lr_schedule,
-                         net_arch=net_arch or {"pi": [64], "qf": [256, 256]}, **kwargs)
-
-    def make_actor(self, features_extractor: Any = None) -> DiLQRSACActor:
-        kw = self._update_features_extractor(self.actor_kwargs, features_extractor)
-        return DiLQRSACActor(**kw, dilqr=self._dilqr_kwargs).to(self.device)
+    _actor_class = DiLQRSACActor
+    _default_net_arch = {"pi": [64], "qf": [256, 256]}
 
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
         super()._build(lr_schedule)
@@ -192,26 +205,15 @@ class DiLQRTD3Actor(TD3Actor):
         self.mu = DiLQRActor(action_space=self.action_space, unit=True, **dilqr)
 
 
-class DiLQRTD3Policy(_DiLQRPolicy, TD3Policy):
+class DiLQRTD3Policy(_OffPolicyDiLQR, TD3Policy):
     """TD3 policy with a DiLQR actor; the target actor never uses sequential warm starts (it
     sees replay minibatches) but shares the actor's plan cache.
 
     Keywords as :class:`DiLQRSACPolicy`; ``net_arch`` default ``dict(pi=[], qf=[256, 256])``.
     """
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box,
-                 lr_schedule: Callable[[float], float], controller: Spec,
-                 learn: str = "dynamics", cost_net_arch: tuple[int, ...] = (64, 64),
-                 obs_to_state: ObsToState = None, controller_lr_scale: float = 30.0,
-                 plan_cache: int = 100_000, net_arch: Any = None, **kwargs: Any):
-        self._setup_dilqr(kwargs, controller, learn, cost_net_arch, obs_to_state,
-                          controller_lr_scale, plan_cache)
-        super().__init__(observation_space, action_space, lr_schedule,
-                         net_arch=net_arch or {"pi": [], "qf": [256, 256]}, **kwargs)
-
-    def make_actor(self, features_extractor: Any = None) -> DiLQRTD3Actor:
-        kw = self._update_features_extractor(self.actor_kwargs, features_extractor)
-        return DiLQRTD3Actor(**kw, dilqr=self._dilqr_kwargs).to(self.device)
+    _actor_class = DiLQRTD3Actor
+    _default_net_arch = {"pi": [], "qf": [256, 256]}
 
     def _build(self, lr_schedule: Callable[[float], float]) -> None:
         super()._build(lr_schedule)
