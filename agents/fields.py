@@ -1,5 +1,5 @@
-"""Command settings as dataclass fields, shared by the imitation commands: :func:`arg` declares
-a field with its flag's help (and choices) in its metadata, read by
+"""Command settings as dataclass fields, shared by the commands (train, imitate, study, mpc):
+:func:`arg` declares a field with its flag's help (and choices) in its metadata, read by
 :func:`dilqr_rl.agents.cliargs.dataclass_parser`; :func:`check_fields` checks ranges."""
 
 from __future__ import annotations

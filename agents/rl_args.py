@@ -5,12 +5,13 @@ and their checks."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from dilqr_rl.grad import GRAD_MODES
 
 from . import cliargs
+from .fields import arg
 
 __all__ = ["ALGOS", "TrainArgs", "parse_args", "parse_kv"]
 
@@ -19,66 +20,59 @@ PROG = "dilqr-rl train"
 DESCRIPTION = "Train a DiLQR actor (or an MLP baseline) with Stable-Baselines3."
 
 
-def _arg(default: Any, text: str, choices: tuple[str, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": text}
-    if choices is not None:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class TrainArgs:
     """Arguments of ``dilqr-rl train`` (flags are the field names with ``-``)."""
 
-    algo: str = _arg("ppo", "RL algorithm", ALGOS)
-    env: str = _arg("pendulum", "a task (pendulum, cartpole, rocket: its env) or the Gymnasium "
+    algo: str = arg("ppo", "RL algorithm", ALGOS)
+    env: str = arg("pendulum", "a task (pendulum, cartpole, rocket: its env) or the Gymnasium "
                     "id of an env, e.g. dilqr_rl/MujocoPendulum-v0")
-    policy: str = _arg("dilqr", "'dilqr' (DiLQR actor) or 'mlp' (SB3's default MlpPolicy)",
+    policy: str = arg("dilqr", "'dilqr' (DiLQR actor) or 'mlp' (SB3's default MlpPolicy)",
                        ("dilqr", "mlp"))
-    learn: str = _arg("dynamics", "what the DiLQR actor learns: dynamics, cost, both, cost_net "
+    learn: str = arg("dynamics", "what the DiLQR actor learns: dynamics, cost, both, cost_net "
                                   "(or a+b)")
-    model_params: str = _arg("", "initial physical parameters of the controller's model, e.g. "
+    model_params: str = arg("", "initial physical parameters of the controller's model, e.g. "
                                  "'g=6,m=1.4' (others: the task's true values)")
-    env_kwargs: str = _arg("", "true env parameters, e.g. 'g=10,damping=0.1'")
-    horizon: int | None = _arg(None, "MPC horizon T (none: the task's)")
-    max_iter: int = _arg(10, "iLQR iteration cap per solve")
-    tol: float = _arg(1e-6, "iLQR relative step tolerance")
-    grad: str = _arg("implicit", "DiLQR gradient", GRAD_MODES)
-    on_unconverged: str = _arg("warn", "unconverged solves: 'warn' (gradient at the last "
+    env_kwargs: str = arg("", "true env parameters, e.g. 'g=10,damping=0.1'")
+    horizon: int | None = arg(None, "MPC horizon T (none: the task's)")
+    max_iter: int = arg(10, "iLQR iteration cap per solve")
+    tol: float = arg(1e-6, "iLQR relative step tolerance")
+    grad: str = arg("implicit", "DiLQR gradient", GRAD_MODES)
+    on_unconverged: str = arg("warn", "unconverged solves: 'warn' (gradient at the last "
                                        "iterate, counted and warned once) or 'detach' (no "
                                        "gradient)", ("warn", "detach"))
-    sysid_every: int = _arg(0, "DiLQR actors: fit the model's physical parameters to the "
+    sysid_every: int = arg(0, "DiLQR actors: fit the model's physical parameters to the "
                                "observed transitions every this many env steps "
                                "(sb3.SystemIdCallback; 0: off, RL loss only)")
-    sysid_steps: int = _arg(200, "Adam steps per system-id fit")
-    sysid_lr: float = _arg(0.02, "Adam lr of the system-id fit")
-    total_timesteps: int = _arg(20_000, "env-step budget")
-    seed: int = _arg(0, "seed of SB3, envs and evaluation")
-    n_envs: int = _arg(1, "number of (sequential) training envs")
-    learning_rate: float = _arg(1e-3, "SB3 learning rate")
-    controller_lr_scale: float = _arg(10.0, "the controller's parameters use learning_rate * "
+    sysid_steps: int = arg(200, "Adam steps per system-id fit")
+    sysid_lr: float = arg(0.02, "Adam lr of the system-id fit")
+    total_timesteps: int = arg(20_000, "env-step budget")
+    seed: int = arg(0, "seed of SB3, envs and evaluation")
+    n_envs: int = arg(1, "number of (sequential) training envs")
+    learning_rate: float = arg(1e-3, "SB3 learning rate")
+    controller_lr_scale: float = arg(10.0, "the controller's parameters use learning_rate * "
                                             "this")
-    log_std_init: float = _arg(-1.0, "initial log std of the DiLQR Gaussian (PPO/A2C)")
-    gamma: float = _arg(0.9, "discount")
-    n_steps: int = _arg(512, "PPO/A2C rollout length per env")
-    batch_size: int = _arg(64, "PPO/SAC/TD3 minibatch size")
-    n_epochs: int = _arg(5, "PPO epochs per rollout")
-    learning_starts: int = _arg(500, "SAC/TD3 random steps first")
-    train_freq: int = _arg(1, "SAC/TD3 env steps per update")
-    eval_freq: int = _arg(2000, "env steps between evaluations")
-    eval_episodes: int = _arg(3, "episodes per evaluation")
-    checkpoint_freq: int = _arg(5000, "env steps between checkpoints")
-    out_dir: str = _arg("runs", "parent folder of run directories")
-    run_name: str = _arg("", "run directory name (default: algo_policy_env_seed)")
-    resume: bool = _arg(False, "resume from the newest checkpoint this run wrote (listed with "
+    log_std_init: float = arg(-1.0, "initial log std of the DiLQR Gaussian (PPO/A2C)")
+    gamma: float = arg(0.9, "discount")
+    n_steps: int = arg(512, "PPO/A2C rollout length per env")
+    batch_size: int = arg(64, "PPO/SAC/TD3 minibatch size")
+    n_epochs: int = arg(5, "PPO epochs per rollout")
+    learning_starts: int = arg(500, "SAC/TD3 random steps first")
+    train_freq: int = arg(1, "SAC/TD3 env steps per update")
+    eval_freq: int = arg(2000, "env steps between evaluations")
+    eval_episodes: int = arg(3, "episodes per evaluation")
+    checkpoint_freq: int = arg(5000, "env steps between checkpoints")
+    out_dir: str = arg("runs", "parent folder of run directories")
+    run_name: str = arg("", "run directory name (default: algo_policy_env_seed)")
+    resume: bool = arg(False, "resume from the newest checkpoint this run wrote (listed with "
                                "its hash in checkpoints/manifest.json); checkpoints are pickles: "
                                "trust the run directory")
-    tensorboard: bool = _arg(True, "write TensorBoard logs")
-    progress_bar: bool = _arg(True, "show SB3's progress bar (on a terminal only)")
-    reference: bool = _arg(True, "also evaluate MPC with the true model (the learning curve's "
+    tensorboard: bool = arg(True, "write TensorBoard logs")
+    progress_bar: bool = arg(True, "show SB3's progress bar (on a terminal only)")
+    reference: bool = arg(True, "also evaluate MPC with the true model (the learning curve's "
                                  "reference line)")
-    threads: int = _arg(1, "torch.set_num_threads")
-    verbose: int = _arg(0, "SB3 verbosity")
+    threads: int = arg(1, "torch.set_num_threads")
+    verbose: int = arg(0, "SB3 verbosity")
 
     def __post_init__(self) -> None:
         from dilqr_rl import tasks
@@ -132,8 +126,8 @@ class TrainArgs:
             raise _arg_error("env", f"must be a task ({', '.join(dilqr_rl.tasks.names())}) or "
                                     f"a registered Gymnasium id (e.g. "
                                     f"{dilqr_rl.envs.ENV_IDS[-1]!r}), got {self.env!r}") from None
-        env_kwargs = _kv_arg(self.env_kwargs, "env_kwargs")
-        _kv_arg(self.model_params, "model_params")
+        env_kwargs = _kvarg(self.env_kwargs, "env_kwargs")
+        _kvarg(self.model_params, "model_params")
         if env_kwargs:
             try:
                 gym.make(self.env, **env_kwargs).close()
@@ -191,7 +185,7 @@ def _arg_error(name: str, msg: str) -> ValueError:
     return ValueError(f"{name} ({cliargs.flag(name)}) {msg}")
 
 
-def _kv_arg(text: str, name: str) -> dict[str, float]:
+def _kvarg(text: str, name: str) -> dict[str, float]:
     try:
         return parse_kv(text)
     except ValueError as e:
