@@ -9,15 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from .plotting import pyplot, save_figure
+
 __all__ = ["plot_run", "plot_study"]
 
 
 def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None = None) -> Path:
     """Imitation losses and learned parameters (relative to the truth) over the epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = [record, *(others or [])]
     ident = any(r.get("identifiable_truth") for r in runs)
@@ -56,20 +55,12 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
         axes[1].legend(fontsize=7)
     a = record["args"]
     fig.suptitle(f"{a['env']}, train={a['n_train']}, seed={a['seed']}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_study(result: dict[str, Any], path: Path) -> Path:
     """Test imitation loss per learner; dx and cost model loss over epochs (mean ± std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = result["runs"]
     envs = sorted({r["args"]["env"] for r in runs})
@@ -111,8 +102,4 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
             ax.set(title=f"{env}: {mode} model loss", xlabel="epoch")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

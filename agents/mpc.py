@@ -28,6 +28,7 @@ import dilqr_rl as dl
 from .cliargs import dataclass_parser, parse
 from .episodes import run_episodes
 from .fields import arg, check_fields
+from .plotting import pyplot, save_figure
 
 __all__ = ["MPCArgs", "MPCPolicy", "main_mpc", "run_mpc"]
 
@@ -123,10 +124,7 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
 
 def plot_states(result: dict[str, Any], path: str | Path) -> Path:
     """Every state coordinate over time, one line per episode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     X = np.array(result["states"])  # (steps+1, E, n)
     n = X.shape[-1]
@@ -147,12 +145,7 @@ def plot_states(result: dict[str, Any], path: str | Path) -> Path:
     rate = np.mean([s is True for s in result["success"]])
     fig.suptitle(f"closed-loop MPC on {result['env']}: {100 * rate:.0f} % success "
                  "(green: success, red: not)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 @dataclass

@@ -53,6 +53,7 @@ from .checkpoints import (
     write_text,
 )
 from .episodes import run_episodes
+from .plotting import pyplot, save_figure
 from .rl_args import ALGOS, TrainArgs, parse_args, parse_kv
 from .rl_reference import identifiable, reference_returns, true_params
 
@@ -199,10 +200,7 @@ def plot_curve(run_dir: str, title: str = "", reference: float | None = None,
     """``learning_curve.png`` from ``evaluations.jsonl``: the return, with the true-model MPC
     return ``reference`` as a line; the physical parameters with their ``truth``; and, where
     ``combos`` maps parameters to identifiable combinations, those relative to the truth's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     recs = read_evaluations(os.path.join(run_dir, "evaluations.jsonl"))
     t = np.array([r["timesteps"] for r in recs])
@@ -243,11 +241,7 @@ def plot_curve(run_dir: str, title: str = "", reference: float | None = None,
         ax3.set_title("identifiable combinations (all the dynamics see)")
         ax3.legend()
         ax3.grid(alpha=0.3)
-    fig.tight_layout()
-    out = os.path.join(run_dir, "learning_curve.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return str(save_figure(fig, os.path.join(run_dir, "learning_curve.png"), dpi=100))
 
 
 # ---------------------------------------------------------------------------- training
