@@ -30,7 +30,7 @@ from .episodes import run_episodes
 from .fields import arg, check_fields
 from .plotting import pyplot, save_figure
 
-__all__ = ["MPCArgs", "MPCPolicy", "main_mpc", "run_mpc"]
+__all__ = ["MPCArgs", "MPCPolicy", "main_mpc", "mpc_episodes", "run_mpc"]
 
 
 class MPCPolicy:
@@ -79,6 +79,21 @@ class MPCPolicy:
         return sol.u[:, 0]
 
 
+def mpc_episodes(envs: list[Any], policy: MPCPolicy, seed: int,
+                 trace: dict[str, Any] | None = None) -> list[float]:
+    """One closed-loop episode per env of ``envs`` (seeds ``seed, seed+1, ...``), in lockstep
+    (:func:`~dilqr_rl.agents.episodes.run_episodes`, ``trace`` as there), ``policy`` planning
+    for all of them at once from their true states; returns the episode returns."""
+    policy.reset()
+    to_action = envs[0].unwrapped.control_to_action
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = torch.tensor(np.stack([e.unwrapped.state for e in envs]), dtype=torch.float64)
+        return np.stack([to_action(u) for u in policy(x)])
+
+    return run_episodes(envs, seed, act, trace)
+
+
 def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = None,
             model_params: dict[str, float] | None = None, max_iter: int = 30,
             env_kwargs: dict[str, Any] | None = None, render: bool = False,
@@ -97,15 +112,9 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
                      **({"render_mode": "rgb_array"} if render and i == 0 else {}))
             for i in range(episodes)]
     policy = MPCPolicy(task, horizon, model_params, max_iter)
-    to_action = envs[0].unwrapped.control_to_action
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        x = torch.tensor(np.stack([e.unwrapped.state for e in envs]), dtype=torch.float64)
-        return np.stack([to_action(u) for u in policy(x)])
-
     trace: dict[str, Any] = {}
     t0 = time.perf_counter()
-    rets = run_episodes(envs, seed, act, trace)
+    rets = mpc_episodes(envs, policy, seed, trace)
     wall = time.perf_counter() - t0
     finals = [e.unwrapped.state for e in envs]
     ok = [bool(task.success(x, info)) if task.success else math.nan

@@ -232,8 +232,9 @@ def plot_curve(run_dir: str, title: str = "", reference: float | None = None,
         ax2.grid(alpha=0.3)
     if has_c:
         ax3, ref_c = axes[0, 2], combos(truth)
+        learned = [combos(r["params"]) for r in recs]
         for i, k in enumerate(ref_c):
-            ax3.plot(t, [combos(r["params"])[k] / ref_c[k] for r in recs], "o-",
+            ax3.plot(t, [c[k] / ref_c[k] for c in learned], "o-",
                      color=f"C{i + 3}", label=k)
         ax3.axhline(1.0, color="k", ls="--", lw=1)
         ax3.set_xlabel("env steps")
@@ -331,7 +332,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
         summary["true_params"] = truth
         learned = identifiable(args, params)
         if learned is not None and truth is not None:  # what the transitions can identify
-            summary["identifiable"] = {k: {"learned": v, "true": identifiable(args, truth)[k]}
+            true_c = identifiable(args, truth)
+            summary["identifiable"] = {k: {"learned": v, "true": true_c[k]}
                                        for k, v in learned.items()}
     if ref is not None:
         summary["reference_mean"] = float(np.mean(ref))

@@ -5,15 +5,13 @@ combinations of the learned and the true model."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
 import dilqr_rl as dl
 
-from .episodes import run_episodes
+from .mpc import MPCPolicy, mpc_episodes
 from .rl_args import TrainArgs, parse_kv
 
 __all__ = ["identifiable", "reference_returns", "true_params"]
@@ -40,22 +38,12 @@ def identifiable(args: TrainArgs, params: dict[str, float]) -> dict[str, float] 
 
 
 def reference_returns(args: TrainArgs, envs: list[Any], seed: int) -> list[float] | None:
-    """Returns of receding-horizon DiLQR with the true model (the run's horizon and solver
-    settings), one episode per env of ``envs`` (seeds ``seed, seed+1, ...``) in one batch;
-    ``None`` for an env that is not a task's. On a MuJoCo env the analytic model is only
-    approximately true."""
+    """Returns of closed-loop MPC with the true model (:class:`~dilqr_rl.agents.mpc.MPCPolicy`:
+    the task's horizon rule, the run's horizon and solver settings), one episode per env of
+    ``envs`` (seeds ``seed, seed+1, ...``) in one batch; ``None`` for an env that is not a
+    task's. On a MuJoCo env the analytic model is only approximately true."""
     truth = true_params(args)
     if truth is None:
         return None
-    task = dl.tasks.for_env(args.env)
-    ctrl = task.controller(args.horizon, model_params=truth, config=task.config(
-        max_iter=args.max_iter, tol=args.tol, on_unconverged="detach"))
-    to_action = envs[0].unwrapped.control_to_action
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        u = ctrl.act(torch.as_tensor(obs, dtype=torch.float64))
-        return np.stack([to_action(ui) for ui in u])
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", dl.UnconvergedWarning)  # capped replans: expected
-        return run_episodes(envs, seed, act)
+    policy = MPCPolicy(dl.tasks.for_env(args.env), args.horizon, truth, args.max_iter, args.tol)
+    return mpc_episodes(envs, policy, seed)
