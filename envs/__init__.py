@@ -31,7 +31,8 @@ from dilqr_rl.tasks import register_env
 
 __all__ = [
     "CartPoleEnv", "DynamicsEnv", "ENV_IDS", "MujocoCartPoleEnv", "MujocoPendulumEnv",
-    "PendulumEnv", "RenderError", "RocketEnv", "record_episode", "register_envs", "save_video",
+    "PendulumEnv", "PixelObservation", "RenderError", "RocketEnv", "record_episode",
+    "register_envs", "render_pendulum", "save_video",
 ]
 
 #: id -> (entry point, task name); the time limit is the task's ``episode_steps``
@@ -50,6 +51,7 @@ _LAZY = {
     "RocketEnv": "rocket",
     "MujocoPendulumEnv": "mujoco_pendulum", "MujocoCartPoleEnv": "mujoco_cartpole",
     "RenderError": "rendering", "record_episode": "rendering", "save_video": "rendering",
+    "PixelObservation": "pixels", "render_pendulum": "pixels",
 }
 
 
