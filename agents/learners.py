@@ -170,16 +170,19 @@ class MPCLearner(Learner):
             return self.theta
         return torch.cat([self.weights(), self.goal])
 
-    def solve(self, x0: Tensor, u_init: Tensor | None) -> dl.Solution:
+    def overrides(self) -> dict[str, Tensor]:
+        """What the controller takes from this learner, by keyword: ``params (p,)`` (dx), or
+        ``weights``, ``goal`` ``(n+m,)`` and ``terminal_weights (n,)`` (cost). A batch of
+        learners stacks them per sample (``agents/batched.py``)."""
         if self.kind == "dx":
-            kw: dict[str, Tensor] = {"params": self.theta}
-        else:
-            w2 = 2.0 * self.weights()  # QuadraticCost.tracking's 1/2 w convention
-            kw = {"weights": w2, "goal": self.goal,
-                  "terminal_weights": w2[: self.task.n_state]}
+            return {"params": self.theta}
+        w2 = 2.0 * self.weights()  # QuadraticCost.tracking's 1/2 w convention
+        return {"weights": w2, "goal": self.goal, "terminal_weights": w2[: self.task.n_state]}
+
+    def solve(self, x0: Tensor, u_init: Tensor | None) -> dl.Solution:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dl.UnconvergedWarning)  # counted below instead
-            sol = self.ctrl(x0, u_init=u_init, **kw)
+            sol = self.ctrl(x0, u_init=u_init, **self.overrides())
         self.unconverged += int((~sol.converged).sum())
         return sol
 

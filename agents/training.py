@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 import warnings
@@ -35,8 +36,9 @@ from dilqr_rl import tasks
 from .data import ExpertData, control_bound, make_expert_data
 from .imitation_args import Args
 from .learners import Learner, make_learner
+from .run_state import load_run_state, save_run_state
 
-__all__ = ["train"]
+__all__ = ["checkpoint_due", "eval_due", "train"]
 
 
 class _SavedBytes:
@@ -120,48 +122,77 @@ class _Run:
         self.t_train = self.t_eval = 0.0
         self.train_im = math.nan
 
-    def train_epoch(self, epoch: int) -> None:
-        """One pass over the training split in a shuffled order (the run's generator);
-        stops at the first non-finite or failed step (``diverged_at``)."""
+    def begin_epoch(self, epoch: int) -> list[Tensor]:
+        """Reset the warm-start caches when due; the epoch's minibatches (row indices of the
+        training split, shuffled by the run's generator)."""
         args = self.args
-        t0 = time.perf_counter()
         if not args.warm_start or (args.restart_warmstart_every > 0
                                    and epoch % args.restart_warmstart_every == 0):
             for c in self.cache.values():
                 c.zero_()
-        x_tr = self.splits["train"][0]
+        n = self.splits["train"][0].shape[0]
+        return list(torch.randperm(n, generator=self.gen).split(args.batch_size))
+
+    def end_epoch(self, sq_sum: float, count: int, seconds: float) -> None:
+        """The epoch's training imitation loss and time; the learning-rate schedule."""
+        self.train_im = sq_sum / max(count, 1)
+        self.t_train += seconds
+        if self.sched is not None:
+            self.sched.step()
+
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the training split in a shuffled order (the run's generator);
+        stops at the first non-finite or failed step (``diverged_at``)."""
+        t0 = time.perf_counter()
         sq_sum, count = 0.0, 0
-        for idx in torch.randperm(x_tr.shape[0], generator=self.gen).split(args.batch_size):
+        for idx in self.begin_epoch(epoch):
             err = self._step(epoch, idx)
             if err is not None:
                 sq_sum, count = sq_sum + err[0], count + err[1]
             if self.diverged_at is not None:
                 break
-        self.train_im = sq_sum / max(count, 1)
-        self.t_train += time.perf_counter() - t0
-        if self.sched is not None:
-            self.sched.step()
+        self.end_epoch(sq_sum, count, time.perf_counter() - t0)
+
+    def minibatch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x (b, T+1, n), u (b, T, m), warm start u (b, T, m))`` of the rows ``idx``."""
+        x_tr, u_tr = self.splits["train"]
+        return x_tr[idx], u_tr[idx], self.cache["train"][idx]
 
     def _step(self, epoch: int, idx: Tensor) -> tuple[float, int] | None:
         """One optimizer step on the minibatch ``idx``; its squared imitation error and count,
         or ``None`` if the step failed (``diverged_at`` set)."""
-        learner, (x_tr, u_tr) = self.learner, self.splits["train"]
-        mb_x, mb_u = x_tr[idx], u_tr[idx]
+        learner = self.learner
+        mb_x, mb_u, u_init = self.minibatch(idx)
         try:
             with _SavedBytes() as sb:
-                loss, pred = learner.train_loss(mb_x, mb_u, self.cache["train"][idx])
+                loss, pred = learner.train_loss(mb_x, mb_u, u_init)
             self.saved_bytes = max(self.saved_bytes, sb.bytes)
             ok = _finite(loss, pred)
             if ok:
                 self.opt.zero_grad()
                 loss.backward()
-                learner.before_step(epoch)
-                ok = all(_finite(p.grad) for p in learner.parameters())
         except (ValueError, RuntimeError) as e:  # e.g. non-finite dynamics parameters
             ok = False
-            warnings.warn(f"{self.args.learner}: solve failed at epoch {epoch}: {e}",
-                          RuntimeWarning)
+            self.fail(epoch, e)
         if not ok:
+            self.diverged_at = epoch
+            return None
+        return self.apply_step(epoch, idx, pred, mb_u)
+
+    def fail(self, epoch: int, e: Exception) -> None:
+        """Record a failed step (the run stops: ``diverged_at``)."""
+        warnings.warn(f"{self.args.learner}: solve failed at epoch {epoch}: {e}",
+                      RuntimeWarning)
+        self.diverged_at = epoch
+
+    def apply_step(self, epoch: int, idx: Tensor, pred: Tensor, mb_u: Tensor
+                   ) -> tuple[float, int] | None:
+        """After ``backward``: the learner's hook, the finiteness check of the gradients, the
+        warm-start cache, the optimizer step and the counters. ``pred (b, T, m)`` are the
+        predicted controls of the rows ``idx``, ``mb_u (b, T, m)`` the expert's."""
+        learner = self.learner
+        learner.before_step(epoch)
+        if not all(_finite(p.grad) for p in learner.parameters()):
             self.diverged_at = epoch
             return None
         if self.args.warm_start:
@@ -183,7 +214,13 @@ class _Run:
             test = _eval_split(learner, *self.splits["test"], self.cache["test"], bs)
         except (ValueError, RuntimeError):
             val = test = math.nan
-        self.t_eval += time.perf_counter() - t0
+        self.log_eval(epoch, val, test, time.perf_counter() - t0)
+
+    def log_eval(self, epoch: int, val: float, test: float, seconds: float) -> None:
+        """Append the :attr:`history` entry of an evaluation (val / test imitation loss given,
+        the model metrics from the learner)."""
+        learner = self.learner
+        self.t_eval += seconds
         v = learner.learned()
         self.history.append(dict(
             epoch=epoch, steps=self.steps, train_im=self.train_im, val_im=val, test_im=test,
@@ -211,39 +248,61 @@ class _Run:
                     history=self.history, final=final)
 
 
-def _progress(args: Args) -> Any:
+def _progress(args: Args, start: int = 0, desc: str | None = None) -> Any:
     if not args.progress or not sys.stderr.isatty():  # a log file gets no bar redraws
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=args.epochs, desc=f"{args.env} {args.learner} n={args.n_train} "
-                f"s={args.seed}", leave=False, dynamic_ncols=True)
+    desc = desc or f"{args.env} {args.learner} n={args.n_train} s={args.seed}"
+    return tqdm(total=args.epochs, initial=start, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def train(args: Args, data: ExpertData | None = None) -> dict[str, Any]:
+def _tick(bar: Any, run: _Run) -> None:
+    if bar is not None:
+        bar.update(1)
+        if run.history:
+            h = run.history[-1]
+            bar.set_postfix(im=f"{h['train_im']:.2e}", model=f"{h['model_loss']:.2e}")
+
+
+def eval_due(args: Args, epoch: int) -> bool:
+    """Whether epoch ``epoch`` ends with an evaluation (every ``eval_every``, and the last)."""
+    return epoch % args.eval_every == 0 or epoch == args.epochs - 1
+
+
+def checkpoint_due(args: Args, epoch: int, every: int) -> bool:
+    """Whether to checkpoint after epoch ``epoch`` (every ``every`` epochs, not the last:
+    a finished run is a record, written by the caller)."""
+    return every > 0 and (epoch + 1) % every == 0 and epoch + 1 < args.epochs
+
+
+def train(args: Args, data: ExpertData | None = None, *,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0
+          ) -> dict[str, Any]:
     """Train one learner; returns the run record (JSON-able): ``args``, ``truth``,
     ``param_names``, ``history`` (one entry per evaluated epoch) and ``final``.
 
     :param args: :class:`Args`
     :param data: expert data (default: generated from ``args.data`` or ``args.data_seed``)
+    :param checkpoint: a file to resume from if it exists (``agents/run_state.py``) and to
+        write the run's state to every ``checkpoint_every`` epochs (0: never)
     """
     # tiny batched solves: one thread is ~100x faster (docs/pitfalls.md, "Threads")
     torch.set_num_threads(1)
     args, data = _resolve_data(args, data)
     torch.manual_seed(args.seed)
     run = _Run(args, make_learner(args), data)
-    bar = _progress(args)
-    for epoch in range(args.epochs):
+    start = 0 if checkpoint is None else load_run_state(run, checkpoint)
+    bar = _progress(args, start)
+    for epoch in range(start, args.epochs):
         run.train_epoch(epoch)
         if run.diverged_at is not None:
             break
-        if epoch % args.eval_every == 0 or epoch == args.epochs - 1:
+        if eval_due(args, epoch):
             run.evaluate(epoch)
-        if bar is not None:
-            bar.update(1)
-            if run.history:
-                h = run.history[-1]
-                bar.set_postfix(im=f"{h['train_im']:.2e}", model=f"{h['model_loss']:.2e}")
+        _tick(bar, run)
+        if checkpoint is not None and checkpoint_due(args, epoch, checkpoint_every):
+            save_run_state(run, checkpoint, epoch + 1)
     if bar is not None:
         bar.close()
     return run.record()
