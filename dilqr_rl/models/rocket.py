@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import Dynamics
+from .rocket_derivatives import rocket_jacobians, rocket_weighted_hessian, rotate
 
 __all__ = ["Rocket"]
 
@@ -53,9 +54,8 @@ class Rocket(Dynamics):
         q0, q1, q2, q3 = q.unbind(-1)
         wx, wy, wz = w.unbind(-1)
         Tx, Ty, Tz = u.unbind(-1)
-        # v_dot = C(q)^T T_B / m + g_I
-        C = self.dcm(q)
-        acc = (C.transpose(-1, -2) @ u[..., None])[..., 0] / m[..., None]
+        # v_dot = C(q)^T T_B / m + g_I (two cross products instead of building C)
+        acc = rotate(q, u) / m[..., None]
         acc = acc + torch.stack([torch.full_like(Tx, -self.gravity), torch.zeros_like(Tx),
                                  torch.zeros_like(Tx)], -1)
         # q_dot = 1/2 Omega(w) q
@@ -75,3 +75,14 @@ class Rocket(Dynamics):
 
     def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
         return x + self.dt * self.derivative(x, u, theta)
+
+    def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed-form linearization (:mod:`dilqr_rl.models.rocket_derivatives`); shapes as
+        :meth:`dilqr_rl.Dynamics.jacobians`: ``x (N, 13)``, ``u (N, 3)``, ``theta (N, 5)``
+        or ``(5,)`` -> ``(x_next (N, 13), F (N, 13, 16))``. Differentiable in every input."""
+        return rocket_jacobians(x, u, theta, self.dt, self.gravity)
+
+    def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
+        """Closed-form ``sum_i lam_i d^2 f_i / dz^2`` ``(N, 16, 16)``, ``lam (N, 13)``; other
+        shapes as :meth:`jacobians`."""
+        return rocket_weighted_hessian(x, u, theta, lam, self.dt)
