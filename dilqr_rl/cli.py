@@ -126,6 +126,8 @@ _AGENT_COMMANDS = {
             "closed-loop MPC with a task's own controller: success rate, plot, GIF"),
     "train": ("dilqr_rl.agents.rl", "main_train",
               "train a DiLQR actor with Stable-Baselines3 (PPO, A2C, SAC, TD3)"),
+    "visual": ("dilqr_rl.agents.visual_cli", "main_visual",
+               "the pendulum from pixels: encoder -> DiLQR -> decoder, end to end (paper 5.4)"),
 }
 
 
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dilqr-rl", description="Differentiable iLQR (DiLQR): a demo, imitation, RL. "
         "Without a command: the demo.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{demo,imitate,study,mpc,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,imitate,study,mpc,train,visual}")
     p = sub.add_parser("demo", help="the pendulum: a batched solve, a receding-horizon "
                        "swing-up and the exact gradient checked (~5 s)",
                        description="Solve a batch of pendulum plans at once, swing the batch "
