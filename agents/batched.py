@@ -46,7 +46,7 @@ from .training import (
     eval_due,
 )
 
-__all__ = ["BATCHABLE", "SHARED_FIELDS", "train_many"]
+__all__ = ["BATCHABLE", "SHARED_FIELDS", "CheckpointEpochError", "train_many"]
 
 #: the learners that train as one batched solve (a controller with per-sample overrides)
 BATCHABLE = ("dilqr.dx", "dilqr.cost", "diffmpc.dx", "diffmpc.cost", "unroll.dx")
@@ -54,6 +54,10 @@ BATCHABLE = ("dilqr.dx", "dilqr.cost", "diffmpc.dx", "diffmpc.cost", "unroll.dx"
 SHARED_FIELDS = ("env", "learner", "n_train", "n_val", "n_test", "epochs", "batch_size",
                  "u_bound", "max_iter", "tol", "warm_start", "restart_warmstart_every",
                  "eval_every", "alternate_every")
+
+
+class CheckpointEpochError(ValueError):
+    """The runs' checkpoints are at different epochs (resume them one by one)."""
 
 
 def _check(args_list: Sequence[Args]) -> None:
@@ -72,6 +76,8 @@ def _check(args_list: Sequence[Args]) -> None:
 def _stack(runs: Sequence[_Run], sizes: Sequence[int]) -> dict[str, Tensor]:
     """Each run's controller overrides repeated for its ``b_s`` samples: ``(B, ...)``."""
     ovs = [r.learner.overrides() for r in runs]
+    if len(ovs) == 1:
+        return ovs[0]  # one run: its shared parameters, the path of a separate run
     return {k: torch.cat([ov[k].expand(b, *ov[k].shape) for ov, b in zip(ovs, sizes, strict=True)])
             for k in ovs[0]}
 
@@ -216,8 +222,8 @@ def train_many(args_list: Sequence[Args], data_list: Sequence[ExpertData | None]
     starts = {0} if checkpoints is None else {load_run_state(r, c)
                                               for r, c in zip(runs, checkpoints, strict=True)}
     if len(starts) != 1:
-        raise ValueError(f"checkpoints are at different epochs {sorted(starts)}; resume them "
-                         "separately")
+        raise CheckpointEpochError(f"checkpoints are at different epochs {sorted(starts)}; "
+                                   "resume them separately")
     start, a0 = starts.pop(), runs[0].args
     bar = _progress(a0, start, f"{a0.env} {a0.learner} n={a0.n_train} x{len(runs)}")
     for epoch in range(start, a0.epochs):

@@ -11,17 +11,23 @@ training-set size uses the same data, batches and seed. The study writes
 
 The default budget (``epochs=20``) is far below DiffMPC's 1000 epochs so that the whole study
 fits well under an hour on 2 CPU cores; ``--epochs 1000 --eval-every 10`` is the paper's.
+
+The seeds of a controller learner train as one batched solve (``agents/batched.py``, same
+numbers). Every run is kept in the run folder (``--runs-dir``, default ``runs/study/<name>``):
+a study started again skips the finished runs and resumes the others from their checkpoints,
+and the outputs above are rewritten after every unit of work (a partial result says how many
+runs it holds). ``--backend ray`` runs the units as Ray tasks (``agents/study_runner.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +36,14 @@ import numpy as np
 import torch
 
 from .cliargs import dataclass_parser, parse
-from .data import ENVS, make_expert_data
+from .data import ENVS
 from .fields import arg, check_fields
 from .imitation_args import LEARNERS, Args
 from .imitation_plots import plot_study
-from .training import train
+from .study_runner import RunStore, iter_units, make_units, run_tag
 
-__all__ = ["StudyArgs", "check_study_args", "run_study", "summarize", "main"]
+__all__ = ["StudyArgs", "check_study_args", "run_study", "runs_folder", "study_jobs",
+           "summarize", "write_outputs", "main"]
 
 
 @dataclass
@@ -57,8 +64,22 @@ class StudyArgs:
     out: str = arg("benchmarks/results", "output folder")
     name: str = arg("imitation_study", "output file stem")
     progress: bool = arg(True, "progress bars (on a terminal only)")
-    workers: int = arg(1, "parallel processes (each single-threaded); the machine is shared, so "
-                      "1 by default")
+    workers: int = arg(1, "local backend: parallel processes (each single-threaded); the "
+                      "machine is shared, so 1 by default")
+    batch_seeds: bool = arg(True, "train the seeds of a controller learner as one batched "
+                           "solve per step (agents/batched.py; same numbers, faster)")
+    runs_dir: str | None = arg(None, "run folder: finished runs and checkpoints, what a study "
+                              "started again resumes from; none: runs/study/<name>")
+    resume: bool = arg(True, "reuse the finished runs and checkpoints in the run folder "
+                      "(--no-resume: start every run over)")
+    checkpoint_every: int = arg(50, "checkpoint runs in progress every this many epochs (0: "
+                               "never)")
+    backend: str = arg("local", "where the runs go: this machine, or a Ray cluster (pip "
+                       "install 'dilqr-rl[ray]')", ("local", "ray"))
+    address: str | None = arg(None, "--backend ray: the cluster's address (ray.init(address=...), "
+                              "e.g. auto); none: a new local Ray instance")
+    ray_cpus: int | None = arg(None, "--backend ray without --address: CPUs of the local "
+                               "instance; none: all")
 
 
 def check_study_args(sa: StudyArgs) -> None:
@@ -76,13 +97,15 @@ def check_study_args(sa: StudyArgs) -> None:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--n-train must be a comma-separated list of integers >= 1, got "
                          f"{sa.n_train!r}")
-    check_fields(sa, {"seeds": 1, "epochs": 1, "eval_every": 1, "max_iter": 1, "workers": 1},
-                 positive=("lr", "nn_lr"))
+    if sa.backend not in ("local", "ray"):
+        raise ValueError(f"--backend must be local or ray, got {sa.backend!r}")
+    check_fields(sa, {"seeds": 1, "epochs": 1, "eval_every": 1, "max_iter": 1, "workers": 1,
+                      "checkpoint_every": 0, "ray_cpus": 1}, positive=("lr", "nn_lr"))
 
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -92,53 +115,56 @@ def _split(s: str, typ: type = str) -> list:
     return [typ(v) for v in s.split(",") if v.strip()]
 
 
-def run_study(sa: StudyArgs) -> dict[str, Any]:
-    """Run every (env, seed, n_train, learner); returns ``{"args", "runs", "summary"}``."""
-    torch.set_num_threads(1)
+def study_jobs(sa: StudyArgs) -> list[Args]:
+    """Every run of the grid: (env, seed, n_train, learner)."""
     envs, sizes, learners = _split(sa.envs), _split(sa.n_train, int), _split(sa.learners)
-    out = Path(sa.out)
-    jobs = [Args(env=env, learner=learner, n_train=n, epochs=sa.epochs, seed=seed, lr=sa.lr,
+    return [Args(env=env, learner=learner, n_train=n, epochs=sa.epochs, seed=seed, lr=sa.lr,
                  nn_lr=sa.nn_lr, max_iter=sa.max_iter, eval_every=sa.eval_every,
-                 progress=sa.progress and sa.workers == 1)
+                 progress=sa.progress and sa.workers == 1 and sa.backend == "local")
             for env in envs for seed in range(sa.seeds) for n in sizes for learner in learners]
-    runs: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    if sa.workers > 1:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(sa.workers)
-        it = pool.imap(_run_job, [(a, max(sizes)) for a in jobs])
-    else:
-        pool = None
-        it = map(_run_job, [(a, max(sizes)) for a in jobs])
-    for rec in it:
-        runs.append(rec)
-        a, f = rec["args"], rec["final"]
-        print(f"[{len(runs)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {a['env']} "
-              f"n={a['n_train']} seed={a['seed']} {a['learner']}: test im "
-              f"{f.get('test_im', math.nan):.3e} model {f.get('model_loss', math.nan):.3e}"
-              + (" DIVERGED" if f.get("diverged") else ""), flush=True)
-        _atomic_write(out / f"{sa.name}.partial.json",
-                      json.dumps(dict(args=dataclasses.asdict(sa), runs=runs)))
-    if pool is not None:
-        pool.close()
-    result = dict(args=dataclasses.asdict(sa), runs=runs, summary=summarize(runs),
-                  total_time=time.perf_counter() - t0)
-    return result
 
 
-@functools.lru_cache(maxsize=4)
-def _data(env: str, n_train: int, seed: int) -> Any:
-    return make_expert_data(env, n_train, 10, 10, seed=seed)
+def runs_folder(sa: StudyArgs) -> Path:
+    """The run folder (``--runs-dir``, default ``runs/study/<name>``)."""
+    return Path(sa.runs_dir) if sa.runs_dir else Path("runs") / "study" / sa.name
 
 
-def _run_job(job: tuple[Args, int]) -> dict[str, Any]:
-    """One run on the (cached) expert data of its env and seed (``data_seed = seed``)."""
+def run_study(sa: StudyArgs, on_progress: Callable[[dict[str, Any]], None] | None = None
+              ) -> dict[str, Any]:
+    """Run every (env, seed, n_train, learner) not already finished in the run folder;
+    returns ``{"args", "runs", "summary", "total_time", "complete"}`` (runs in grid order).
+    ``on_progress(result so far)`` is called after every unit of work."""
     torch.set_num_threads(1)
-    args, n_data = job
-    rec = train(args, _data(args.env, n_data, args.seed))
-    rec["wall_time"] = rec["final"].get("train_time", 0.0) + rec["final"].get("eval_time", 0.0)
-    return rec
+    jobs = study_jobs(sa)
+    store = RunStore(runs_folder(sa), sa.resume)
+    done = {run_tag(a): store.finished(a) for a in jobs}
+    done = {k: v for k, v in done.items() if v is not None}
+    units = make_units([a for a in jobs if run_tag(a) not in done], sa.batch_seeds)
+    print(f"{len(jobs)} runs: {len(done)} finished before, {len(jobs) - len(done)} to run in "
+          f"{len(units)} units ({sa.backend})", flush=True)
+    t0 = time.perf_counter()
+
+    def result() -> dict[str, Any]:
+        runs = [done[run_tag(a)] for a in jobs if run_tag(a) in done]
+        return dict(args=dataclasses.asdict(sa), runs=runs, summary=summarize(runs),
+                    total_time=time.perf_counter() - t0, complete=len(runs) == len(jobs),
+                    total_runs=len(jobs))
+
+    for recs in iter_units(units, max(_split(sa.n_train, int)), store.folder, sa.resume,
+                           sa.checkpoint_every, sa.backend, sa.workers, sa.address,
+                           sa.ray_cpus):
+        for rec in recs:
+            a, f = rec["args"], rec["final"]
+            key = Args(**{k: v for k, v in a.items() if k != "u_bound"})
+            store.save(next(j for j in jobs if run_tag(j) == run_tag(key)), rec)
+            done[run_tag(key)] = rec
+            print(f"[{len(done)}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {a['env']} "
+                  f"n={a['n_train']} seed={a['seed']} {a['learner']}: test im "
+                  f"{f.get('test_im', math.nan):.3e} model {f.get('model_loss', math.nan):.3e}"
+                  + (" DIVERGED" if f.get("diverged") else ""), flush=True)
+        if on_progress is not None:
+            on_progress(result())
+    return result()
 
 
 def _ms(vals: list[float]) -> tuple[float, float, int]:
@@ -204,8 +230,13 @@ def markdown(result: dict[str, Any], command: str) -> str:
              f"Command: `{command}`  ",
              f"{sa['seeds']} seeds, {sa['epochs']} epochs (eval every {sa['eval_every']}), "
              f"RMSprop lr {sa['lr']} (alpha 0.5), Adam {sa['nn_lr']} for the networks, batch 32, "
-             f"float64 controllers, 1 thread. Total time {result.get('total_time', 0) / 60:.1f} "
-             "min. Values: mean ± std over seeds at the last epoch.\n",
+             f"float64 controllers, 1 thread. Training and evaluation time of all runs "
+             f"{sum(r.get('wall_time', 0.0) for r in result['runs']) / 60:.1f} min (the seeds "
+             "of a controller learner share one batched solve). Values: mean ± std over seeds "
+             "at the last epoch.\n",
+             *([] if result.get("complete", True) else [
+                 f"**Partial result: {len(result['runs'])} of {result['total_runs']} runs "
+                 "finished** (the study is resumable; cells may have fewer seeds).\n"]),
              "| env | train | learner | test imitation loss | model loss | identifiable loss "
              "| non-physical at end | non-physical steps | diverged | s / step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -238,20 +269,22 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_outputs(result: dict[str, Any], out: Path, name: str, command: str) -> list[Path]:
+    """``<name>.json``, ``.md`` and ``.png`` (atomically; a partial result says so)."""
+    _atomic_write(out / f"{name}.json", json.dumps(result, indent=1))
+    _atomic_write(out / f"{name}.md", markdown(result, command))
+    return [out / f"{name}.json", out / f"{name}.md", plot_study(result, out / f"{name}.png")]
+
+
 def main(argv: list[str]) -> int:
     """``dilqr-rl study imitation [--epochs N ...]``."""
     p = dataclass_parser(StudyArgs, "dilqr-rl study imitation",
                          "The DiLQR paper's imitation comparison, mean ± std over seeds.")
     sa = parse(StudyArgs, argv, p, check_study_args)
-    result = run_study(sa)
     out = Path(sa.out)
-    command = "dilqr-rl study imitation " + " ".join(argv)
-    _atomic_write(out / f"{sa.name}.json", json.dumps(result, indent=1))
-    _atomic_write(out / f"{sa.name}.md", markdown(result, command.strip()))
-    png = plot_study(result, out / f"{sa.name}.png")
-    partial = out / f"{sa.name}.partial.json"
-    if partial.exists():
-        partial.unlink()
-    print(markdown(result, command.strip()))
-    print(f"wrote {out / (sa.name + '.json')}, {out / (sa.name + '.md')}, {png}")
+    command = ("dilqr-rl study imitation " + " ".join(argv)).strip()
+    result = run_study(sa, lambda r: write_outputs(r, out, sa.name, command))
+    paths = write_outputs(result, out, sa.name, command)
+    print(markdown(result, command))
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
