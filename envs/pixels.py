@@ -58,7 +58,7 @@ def render_pendulum(x: Tensor, size: int = 64) -> Tensor:
     return (ROD_WIDTH * size / 2.0 + 0.5 - d).clamp(0.0, 1.0)
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observe a pendulum env through rendered frames: the last ``frames`` images of its
     true state, oldest first (:func:`render_pendulum`).
 
@@ -76,7 +76,8 @@ class PixelObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, size: int = 64, frames: int = 4):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, frames=frames)  # env specs
+        gym.ObservationWrapper.__init__(self, env)
         self.size = _check_size(size)
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames must be an int >= 1, got {frames!r}")
