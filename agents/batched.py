@@ -148,36 +148,47 @@ def _epoch(runs: list[_Run], epoch: int) -> None:
         r.end_epoch(sq, n, share)
 
 
-def _eval_split(runs: Sequence[_Run], split: str) -> list[float]:
-    """Imitation loss of every run on ``split``, chunk by chunk as :func:`training._eval_split`
-    (a run whose chunk is non-finite gets NaN and stops there)."""
+def _eval_splits(runs: Sequence[_Run], splits: Sequence[str]) -> list[list[float]]:
+    """Imitation loss of every run on every split (``[split][run]``), chunk by chunk as
+    :func:`training._eval_split` (a run whose chunk is non-finite gets NaN on that split and
+    stops there), all splits' chunks in one solve. The warm-start caches are written only when
+    every solve succeeded (a raising solve is redone run by run from the same caches)."""
     bs = runs[0].args.batch_size
-    n = runs[0].splits[split][0].shape[0]
-    total, count = [0.0] * len(runs), [0] * len(runs)
-    live = list(range(len(runs)))
+    pairs = [(s, i) for s in splits for i in range(len(runs))]
+    chunks = {s: list(torch.arange(runs[0].splits[s][0].shape[0]).split(bs)) for s in splits}
+    total = {p: 0.0 for p in pairs}
+    count = {p: 0 for p in pairs}
+    writes: list[tuple[Tensor, Tensor, Tensor]] = []
+    live = list(pairs)
     with torch.no_grad():
-        for idx in torch.arange(n).split(bs):
-            if not live:
+        for j in range(max(len(c) for c in chunks.values())):
+            now = [(s, i) for s, i in live if j < len(chunks[s])]
+            if not now:
                 break
-            rs = [runs[i] for i in live]
-            sol = _solve(rs, [r.splits[split][0][idx, 0] for r in rs],
-                         [r.cache[split][idx] for r in rs])
-            _count_unconverged(rs, sol, [len(idx)] * len(rs))
-            for i, pred in zip(list(live), sol.u.split([len(idx)] * len(rs)), strict=True):
+            idx = [chunks[s][j] for s, _ in now]
+            rs = [runs[i] for _, i in now]
+            sol = _solve(rs, [runs[i].splits[s][0][k, 0] for (s, i), k in zip(now, idx,
+                                                                               strict=True)],
+                         [runs[i].cache[s][k] for (s, i), k in zip(now, idx, strict=True)])
+            _count_unconverged(rs, sol, [len(k) for k in idx])
+            for (s, i), k, pred in zip(now, idx, sol.u.split([len(k) for k in idx]),
+                                       strict=True):
                 if not _finite(pred):
-                    total[i], count[i] = math.nan, 1
-                    live.remove(i)
+                    total[(s, i)], count[(s, i)] = math.nan, 1
+                    live.remove((s, i))
                     continue
-                runs[i].cache[split][idx] = pred
-                total[i] += float((pred - runs[i].splits[split][1][idx]).pow(2).sum())
-                count[i] += pred.numel()
-    return [t / max(c, 1) for t, c in zip(total, count, strict=True)]
+                writes.append((runs[i].cache[s], k, pred))
+                total[(s, i)] += float((pred - runs[i].splits[s][1][k]).pow(2).sum())
+                count[(s, i)] += pred.numel()
+    for cache, k, pred in writes:
+        cache[k] = pred
+    return [[total[(s, i)] / max(count[(s, i)], 1) for i in range(len(runs))] for s in splits]
 
 
 def _evaluate(runs: list[_Run], epoch: int) -> None:
     t0 = time.perf_counter()
     try:
-        vals, tests = _eval_split(runs, "val"), _eval_split(runs, "test")
+        vals, tests = _eval_splits(runs, ("val", "test"))
     except (ValueError, RuntimeError):
         for r in runs:  # run by run, as alone
             r.evaluate(epoch)
