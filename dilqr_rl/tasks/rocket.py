@@ -94,6 +94,14 @@ def success(x: np.ndarray, info: dict) -> bool:
     return bool(info.get("landed")) and all(info[k] <= v for k, v in LANDING.items())
 
 
+def identifiable(theta: Tensor) -> dict[str, Tensor]:
+    """The dynamics depend on ``(Jx, Jy, Jz, m, l)`` only through ``m`` and the inertias per
+    lever arm ``J / l``: scaling ``(Jx, Jy, Jz, l)`` by one factor leaves every ``w`` rate
+    (``(Jy - Jz) / Jx``, ``l / (2 Jy)``, ...) unchanged."""
+    Jx, Jy, Jz, m, l = theta.unbind(-1)
+    return {"m": m, "Jx/l": Jx / l, "Jy/l": Jy / l, "Jz/l": Jz / l}
+
+
 #: the imitation expert's tracking cost (ours): ``r 1, v 0.1, q 1, w 0.1, T 0.01`` (in the
 #: ``1/2 w`` convention of ``QuadraticCost.tracking``, hence the halves), hovering thrust goal
 DEMO_COST = Tracking(weights=(0.5,) * 3 + (0.05,) * 3 + (0.5,) * 4 + (0.05,) * 3 + (0.005,) * 3,
@@ -108,4 +116,4 @@ ROCKET = Task(
                  "w_x", "w_y", "w_z"), env_id="dilqr_rl/Rocket-v0", episode_steps=100,
     # a receding fixed-length horizon chases a target that moves with it and dives into the
     # ground 1.1 m short at 18 deg tilt; planning to a fixed landing time lands
-    shrink_horizon=True, min_horizon=5, success=success)
+    shrink_horizon=True, min_horizon=5, success=success, identifiable=identifiable)
