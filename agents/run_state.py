@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_run_state", "save_run_state", "state_key"]
+__all__ = ["load_run_state", "read_progress", "save_run_state", "state_key"]
 
 #: settings that do not change a run's numbers (a resumed run may differ in these)
 _COSMETIC = ("progress", "out")
@@ -93,3 +93,24 @@ def load_run_state(run: Any, path: str | os.PathLike) -> int:
     for k, m in _learners(run).items():
         m.unconverged = state["unconverged"][k]
     return int(state["next_epoch"])
+
+
+def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A run in progress as a partial record from its checkpoint (no training): ``history``
+    and a ``final`` entry (the last evaluation, ``in_progress`` and the counters' step
+    metrics), or ``None`` if there is no readable checkpoint with an evaluation."""
+    try:
+        state = torch.load(path, weights_only=True)
+        hist, c = list(state["history"]), state["counters"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError):
+        return None
+    if not hist:
+        return None
+    steps = max(int(c["steps"]), 1)
+    final = dict(hist[-1], in_progress=True, next_epoch=int(state["next_epoch"]),
+                 diverged=c["diverged_at"] is not None, diverged_at=c["diverged_at"],
+                 nonphysical_final=hist[-1].get("nonphysical"),
+                 nonphysical_frac=c["nonphys_steps"] / steps,
+                 saved_bytes_per_step=c["saved_bytes"], train_time_per_step=c["t_train"] / steps,
+                 steps=int(c["steps"]))
+    return dict(args=dict(state["key"]), history=hist, final=final, in_progress=True)

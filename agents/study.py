@@ -40,6 +40,7 @@ from .data import ENVS
 from .fields import arg, check_fields
 from .imitation_args import LEARNERS, Args
 from .imitation_plots import plot_study
+from .run_state import read_progress
 from .study_runner import RunStore, iter_units, make_units, run_tag
 
 __all__ = ["StudyArgs", "check_study_args", "run_study", "runs_folder", "study_jobs",
@@ -72,6 +73,8 @@ class StudyArgs:
                               "started again resumes from; none: runs/study/<name>")
     resume: bool = arg(True, "reuse the finished runs and checkpoints in the run folder "
                       "(--no-resume: start every run over)")
+    report_only: bool = arg(False, "train nothing: write the outputs from the run folder "
+                           "(finished runs, and runs in progress up to their last checkpoint)")
     checkpoint_every: int = arg(50, "checkpoint runs in progress every this many epochs (0: "
                                "never)")
     backend: str = arg("local", "where the runs go: this machine, or a Ray cluster (pip "
@@ -140,6 +143,8 @@ def run_study(sa: StudyArgs, on_progress: Callable[[dict[str, Any]], None] | Non
     store = RunStore(runs_folder(sa), sa.resume)
     done = {run_tag(a): store.finished(a) for a in jobs}
     done = {k: v for k, v in done.items() if v is not None}
+    if sa.report_only:
+        return _report(sa, jobs, store, done)
     units = make_units([a for a in jobs if run_tag(a) not in done], sa.batch_seeds)
     print(f"{len(jobs)} runs: {len(done)} finished before, {len(jobs) - len(done)} to run in "
           f"{len(units)} units ({sa.backend})", flush=True)
@@ -168,6 +173,19 @@ def run_study(sa: StudyArgs, on_progress: Callable[[dict[str, Any]], None] | Non
     return result()
 
 
+def _report(sa: StudyArgs, jobs: list[Args], store: RunStore, done: dict[str, dict]
+            ) -> dict[str, Any]:
+    """The result of ``--report-only``: finished runs, and runs in progress as far as their
+    checkpoints go (``final["in_progress"]``)."""
+    runs = []
+    for a in jobs:
+        rec = done.get(run_tag(a)) or read_progress(store.checkpoint(a))
+        if rec is not None:
+            runs.append(rec)
+    return dict(args=dataclasses.asdict(sa), runs=runs, summary=summarize(runs), total_time=0.0,
+                complete=len(done) == len(jobs), total_runs=len(jobs), finished_runs=len(done))
+
+
 def _ms(vals: list[float]) -> tuple[float, float, int]:
     v = np.array([x for x in vals if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
@@ -190,6 +208,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             row[k] = _ms([f.get(k, math.nan) for f in fs])
         row["nonphysical_final"] = sum(bool(f.get("nonphysical_final")) for f in fs)
         row["diverged"] = sum(bool(f.get("diverged")) for f in fs)
+        row["epochs"] = min(f.get("epoch", -1) + 1 for f in fs)  # the least trained seed's
         rows.append(row)
     by = {(r["env"], r["n_train"], r["learner"]): r for r in rows}
     claims: dict[str, Any] = {"nn_over_dilqr": [], "model_loss_reduction": [],
@@ -236,14 +255,17 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "of a controller learner share one batched solve). Values: mean ± std over seeds "
              "at the last epoch.\n",
              *([] if result.get("complete", True) else [
-                 f"**Partial result: {len(result['runs'])} of {result['total_runs']} runs "
-                 "finished** (the study is resumable; cells may have fewer seeds).\n"]),
-             "| env | train | learner | test imitation loss | model loss | identifiable loss "
-             "| non-physical at end | non-physical steps | diverged | s / step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+                 f"**Partial result: {result.get('finished_runs', len(result['runs']))} of "
+                 f"{result['total_runs']} runs finished** (the study is resumable; a cell may "
+                 "have fewer seeds, or runs still in progress: its 'epochs' column is the least "
+                 "trained seed's, at its last checkpoint).\n"]),
+             "| env | train | learner | epochs | test imitation loss | model loss | identifiable "
+             "loss | non-physical at end | non-physical steps | diverged | s / step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summ["rows"]:
         lines.append(
-            f"| {r['env']} | {r['n_train']} | {r['learner']} | {_fmt(r['test_im'])} | "
+            f"| {r['env']} | {r['n_train']} | {r['learner']} | {r['epochs']} | "
+            f"{_fmt(r['test_im'])} | "
             f"{_fmt(r['model_loss'])} | {_fmt(r['ident_loss'])} | "
             f"{r['nonphysical_final']}/{r['seeds']} | {_fmt(r['nonphysical_frac'], True)} | "
             f"{r['diverged']}/{r['seeds']} | {r['train_time_per_step'][0]:.3f} |")

@@ -105,3 +105,30 @@ def test_ray_backend_matches_local(tmp_path):
         local = run_study(_tiny(tmp_path, "local"))
         on_ray = run_study(_tiny(tmp_path, "ray", backend="ray", ray_cpus=2))
     assert on_ray["complete"] and _numbers(on_ray) == _numbers(local)
+
+
+def test_report_only_shows_runs_in_progress(tmp_path, monkeypatch):
+    """A study killed right after a run's first checkpoint: ``--report-only`` trains nothing
+    and reports that run as far as its checkpoint goes, labelled partial."""
+    from dilqr_rl.agents import run_state, training
+    from dilqr_rl.agents.study import markdown
+
+    save = run_state.save_run_state
+
+    def save_then_die(run, path, next_epoch):
+        save(run, path, next_epoch)
+        raise _Killed
+
+    monkeypatch.setattr(training, "save_run_state", save_then_die)
+    sa = _tiny(tmp_path, "p", checkpoint_every=1)
+    sa = dataclasses.replace(sa, learners="mlp", seeds=1, epochs=3)
+    with pytest.raises(_Killed):
+        run_study(sa)
+    trained = _spy(monkeypatch)
+    rep = run_study(dataclasses.replace(sa, report_only=True))
+    assert trained == [] and not rep["complete"] and rep["finished_runs"] == 0
+    (run,) = rep["runs"]
+    assert run["final"]["in_progress"] and run["final"]["next_epoch"] == 1
+    assert [h["epoch"] for h in run["history"]] == [0]
+    (row,) = rep["summary"]["rows"]
+    assert row["epochs"] == 1 and "Partial result: 0 of 1 runs" in markdown(rep, "cmd")
