@@ -1,8 +1,8 @@
 """Many imitation runs in one batched solve: :func:`train_many`.
 
 S runs of the same controller learner (``dilqr.*``, ``diffmpc.*``, ``unroll.dx``: the same
-task, learner, training-set size, batch size, epochs and solver settings; seeds, data, learning
-rates may differ) train together: every optimizer step is one DiLQR call on
+task, learner, batch size, epochs and solver settings; seeds, data, training-set sizes and
+learning rates may differ) train together: every optimizer step is one DiLQR call on
 ``B = sum_s b_s`` samples, each run's minibatch with that run's parameters per sample
 (``params (B, p)``, or ``weights``, ``goal``, ``terminal_weights`` ``(B, ...)``). The solver
 treats every sample on its own (its own iterations, line search and regularization), and the
@@ -51,7 +51,7 @@ __all__ = ["BATCHABLE", "SHARED_FIELDS", "CheckpointEpochError", "train_many"]
 #: the learners that train as one batched solve (a controller with per-sample overrides)
 BATCHABLE = ("dilqr.dx", "dilqr.cost", "diffmpc.dx", "diffmpc.cost", "unroll.dx")
 #: the :class:`Args` fields the runs of one batch must share (the rest may differ)
-SHARED_FIELDS = ("env", "learner", "n_train", "n_val", "n_test", "epochs", "batch_size",
+SHARED_FIELDS = ("env", "learner", "n_val", "n_test", "epochs", "batch_size",
                  "u_bound", "max_iter", "tol", "warm_start", "restart_warmstart_every",
                  "eval_every", "alternate_every")
 
@@ -134,8 +134,9 @@ def _epoch(runs: list[_Run], epoch: int) -> None:
     t0 = time.perf_counter()
     batches = [r.begin_epoch(epoch) for r in runs]
     sums = [[0.0, 0] for _ in runs]
-    for j in range(len(batches[0])):
-        live = [i for i, r in enumerate(runs) if r.diverged_at is None]
+    for j in range(max(len(b) for b in batches)):
+        # a run with a smaller training set has fewer minibatches: it sits out the last steps
+        live = [i for i, r in enumerate(runs) if r.diverged_at is None and j < len(batches[i])]
         if not live:
             break
         errs = _step([runs[i] for i in live], epoch, [batches[i][j] for i in live])

@@ -119,13 +119,13 @@ def _split(s: str, typ: type = str) -> list:
 
 
 def study_jobs(sa: StudyArgs) -> list[Args]:
-    """Every run of the grid, in the order they are run: by env, training-set size, learner
-    (as ``--learners`` lists them), seed; so a partial study holds whole cells."""
+    """Every run of the grid, in the order they are run: by env, learner (as ``--learners``
+    lists them), training-set size, seed; so a partial study holds whole cells."""
     envs, sizes, learners = _split(sa.envs), _split(sa.n_train, int), _split(sa.learners)
     return [Args(env=env, learner=learner, n_train=n, epochs=sa.epochs, seed=seed, lr=sa.lr,
                  nn_lr=sa.nn_lr, max_iter=sa.max_iter, eval_every=sa.eval_every,
                  progress=sa.progress and sa.workers == 1 and sa.backend == "local")
-            for env in envs for n in sizes for learner in learners for seed in range(sa.seeds)]
+            for env in envs for learner in learners for n in sizes for seed in range(sa.seeds)]
 
 
 def runs_folder(sa: StudyArgs) -> Path:

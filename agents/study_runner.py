@@ -1,7 +1,7 @@
 """Running the imitation study's grid (``agents/study.py``): units of work, the run folder
 that makes a study resumable, and the backends.
 
-**Units.** The seeds of one (env, training-set size, learner) whose learner batches
+**Units.** The runs (seeds, training-set sizes) of one (env, learner) whose learner batches
 (:data:`agents.batched.BATCHABLE`) train together as one batched solve per step
 (:func:`agents.batched.train_many`); every other run is a unit of its own.
 
@@ -97,12 +97,13 @@ class RunStore:
 
 
 def make_units(jobs: Sequence[Args], batch: bool = True) -> list[list[Args]]:
-    """The units of ``jobs``: the seeds of one (env, n_train, learner) of a batching learner
-    together (when ``batch``), every other run alone; in the order of ``jobs``."""
+    """The units of ``jobs``: all runs (seeds, training-set sizes) of one (env, learner) of a
+    batching learner together (when ``batch``), every other run alone; in the order of
+    ``jobs``."""
     units: dict[tuple, list[Args]] = {}
     for a in jobs:
-        key = (a.env, a.n_train, a.learner) if batch and a.learner in BATCHABLE else \
-            (a.env, a.n_train, a.learner, a.seed)
+        key = (a.env, a.learner) if batch and a.learner in BATCHABLE else \
+            (a.env, a.learner, a.n_train, a.seed)
         units.setdefault(key, []).append(a)
     return list(units.values())
 
