@@ -23,10 +23,15 @@ well to find it where the scan already wins at 50), and for ``B = 1`` the ratio
 the sequential pass grows about 20x). With a CUDA device (``--device cuda``, or ``auto`` when
 one is present) the same sweep runs there too.
 
+The forward half (benchmarks/long_horizon_forward.py), on the same grid at pendulum size: the
+forward solver's Riccati pass and one whole iLQR iteration, sequential against the scan; and
+the pendulum swing-up and hold at ``T = 2000`` (``--converge``), its forward time.
+
 Usage::
 
     python benchmarks/long_horizon.py            # full grid, a few minutes on 2 CPU cores
     python benchmarks/long_horizon.py --quick    # T in {50, 200, 1000}, n = 3
+    python benchmarks/long_horizon.py --converge 2000   # also the T = 2000 swing-up
 
 Writes ``benchmarks/results/long_horizon.json`` and ``long_horizon.png``.
 """
@@ -52,6 +57,7 @@ from dilqr_rl.scan import lqr_solve_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backward import sync  # noqa: E402  (device synchronisation for the timers)
+from long_horizon_forward import iteration_cell, pass_cell, swing_up  # noqa: E402
 
 METHODS = {"sequential": lqr_solve, "scan": lqr_solve_scan}
 TS = (50, 100, 200, 500, 1000, 2000, 5000)
@@ -214,7 +220,7 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, fwd: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,8 +229,9 @@ def plot(rows: list[dict], path: Path) -> None:
     devs = sorted({r["device"] for r in rows})
     Bs = sorted({r["B"] for r in rows})
     sizes = sorted({(r["n"], r["m"]) for r in rows})
-    fig, axes = plt.subplots(len(devs), len(Bs), figsize=(5.5 * len(Bs), 4.2 * len(devs)),
-                             squeeze=False)
+    fdevs = sorted({r["device"] for r in fwd or []})
+    nrow = len(devs) + len(fdevs)
+    fig, axes = plt.subplots(nrow, len(Bs), figsize=(5.5 * len(Bs), 4.2 * nrow), squeeze=False)
     colors = plt.cm.tab10.colors
     for i, dev in enumerate(devs):
         for j, B in enumerate(Bs):
@@ -246,10 +253,92 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_title(f"{dev}, batch {B}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Implicit backward's LQR: sequential Riccati pass (dashed) vs associative "
-                 "scan (solid), float64")
+    for i, dev in enumerate(fdevs, len(devs)):
+        for j, B in enumerate(Bs):
+            ax = axes[i][j]
+            for k, part in enumerate(("pass", "iteration")):
+                cell = sorted((r for r in fwd if (r["device"], r["B"], r["part"]) ==
+                               (dev, B, part)), key=lambda r: r["T"])
+                T = [r["T"] for r in cell]
+                ax.plot(T, [r["sequential_s"] for r in cell], "--o", ms=3, color=colors[k + 2],
+                        label=f"{part}, sequential")
+                ax.plot(T, [r["scan_s"] for r in cell], "-s", ms=3, color=colors[k + 2],
+                        label=f"{part}, scan")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("horizon T")
+            ax.set_ylabel("time [s] (median)")
+            ax.set_title(f"forward (pendulum size): {dev}, batch {B}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Sequential (dashed) vs associative scan (solid), float64: implicit "
+                 "backward's LQR, forward Riccati pass, one iLQR iteration")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _backward_sweep(args, devices, sizes, Ts, meta, out) -> tuple[list, list, dict]:
+    """The implicit backward's LQR solve over the grid (or, with ``--skip-backward``, the rows
+    of the existing JSON)."""
+    if args.skip_backward:
+        old = json.loads((out / "long_horizon.json").read_text())
+        meta["backward_from"] = old["meta"]["date"]
+        return old["rows"], old["accuracy"], summarize(old["rows"])
+    for dev in devices:  # warm-up of each code path
+        for n, m in sizes:
+            run_cell(2, 8, n, m, dev)
+    rows = []
+    t_start = time.perf_counter()
+    for dev in devices:
+        for n, m in sizes:
+            for B in BS:
+                for T in PROBE_TS + Ts:
+                    row = run_cell(B, T, n, m, dev)
+                    row["probe"] = T in PROBE_TS
+                    rows.append(row)
+                    print(f"{dev:5} B={B:>3} n={n} m={m} T={T:>5}  "
+                          f"sequential {row['sequential_s'] * 1e3:9.2f} ms  "
+                          f"scan {row['scan_s'] * 1e3:9.2f} ms  "
+                          f"speedup {row['speedup']:6.2f}  diff x,u "
+                          f"{max(row['max_rel_diff_x'], row['max_rel_diff_u']):.0e} "
+                          f"lam {row['max_rel_diff_lam']:.0e}", flush=True)
+    meta["wall_s"] = time.perf_counter() - t_start  # of the timed sweep
+    summary = summarize(rows)
+    summary["sequential_kkt_residual_above_1e-6"] = [
+        {k: r[k] for k in ("device", "B", "n", "T", "kkt_residual_sequential",
+                           "kkt_residual_scan")}
+        for r in rows if not r["kkt_residual_sequential"] <= 1e-6]
+    acc = [a for dev in devices for a in accuracy_sweep(dev, (100, 500, 2000) if not args.quick
+                                                          else (100, 500))]
+    for a in acc:
+        print(f"accuracy {a['device']:5} {a['kind']:8} T={a['T']:>5}  KKT residual sequential "
+              f"{a['kkt_residual_sequential']:.1e}  scan {a['kkt_residual_scan']:.1e}")
+    return rows, acc, summary
+
+
+def forward_sweep(devices: list[str], Ts: tuple[int, ...]) -> list[dict]:
+    """The forward Riccati pass and one iLQR iteration, both ways, pendulum size."""
+    rows = []
+    for dev in devices:
+        pass_cell(2, 8, 3, 1, dev, problem, sync)  # warm-up
+        for B in BS:
+            for T in PROBE_TS[2:] + Ts:
+                for row in (pass_cell(B, T, 3, 1, dev, problem, sync),
+                            iteration_cell(B, T, dev, sync)):
+                    rows.append(row)
+                    print(f"forward {row['part']:9} {dev:5} B={B:>3} T={T:>5}  sequential "
+                          f"{row['sequential_s'] * 1e3:9.2f} ms  scan "
+                          f"{row['scan_s'] * 1e3:9.2f} ms  speedup {row['speedup']:5.2f}",
+                          flush=True)
+    return rows
+
+
+def forward_crossover(rows: list[dict]) -> list[dict]:
+    """:func:`crossover` of the forward rows per (part, device, B)."""
+    keys = sorted({(r["part"], r["device"], r["B"]) for r in rows})
+    return [{"part": p, "device": d, "B": B, **crossover(
+        [r for r in rows if (r["part"], r["device"], r["B"]) == (p, d, B)])}
+        for p, d, B in keys]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,6 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto",
                     help="'cpu', 'cuda' or 'auto' (the CPU, and CUDA as well when present)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--converge", type=int, default=0, metavar="T",
+                    help="also the pendulum swing-up and hold at this horizon (0: skip)")
+    ap.add_argument("--skip-backward", action="store_true",
+                    help="keep the backward rows of an existing JSON, time the forward only")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -280,41 +373,19 @@ def main(argv: list[str] | None = None) -> None:
                       "call per method and cell",
             "problem": "random well-conditioned time-varying LQR (benchmarks/long_horizon.py "
                        "problem()), f = None, x0 = 0, ~10% controls held: the adjoint LQR"}
-    for dev in devices:  # warm-up of each code path
-        for n, m in sizes:
-            run_cell(2, 8, n, m, dev)
-    rows = []
-    t_start = time.perf_counter()
-    for dev in devices:
-        for n, m in sizes:
-            for B in BS:
-                for T in PROBE_TS + Ts:
-                    row = run_cell(B, T, n, m, dev)
-                    row["probe"] = T in PROBE_TS
-                    rows.append(row)
-                    print(f"{dev:5} B={B:>3} n={n} m={m} T={T:>5}  "
-                          f"sequential {row['sequential_s'] * 1e3:9.2f} ms  "
-                          f"scan {row['scan_s'] * 1e3:9.2f} ms  "
-                          f"speedup {row['speedup']:6.2f}  diff x,u "
-                          f"{max(row['max_rel_diff_x'], row['max_rel_diff_u']):.0e} "
-                          f"lam {row['max_rel_diff_lam']:.0e}  KKT residual seq "
-                          f"{row['kkt_residual_sequential']:.0e} scan "
-                          f"{row['kkt_residual_scan']:.0e}",
-                          flush=True)
-    meta["wall_s"] = time.perf_counter() - t_start  # of the timed sweep
-    summary = summarize(rows)
-    summary["sequential_kkt_residual_above_1e-6"] = [
-        {k: r[k] for k in ("device", "B", "n", "T", "kkt_residual_sequential",
-                           "kkt_residual_scan")}
-        for r in rows if not r["kkt_residual_sequential"] <= 1e-6]
-    acc = [a for dev in devices for a in accuracy_sweep(dev, (100, 500, 2000) if not args.quick
-                                                          else (100, 500))]
-    for a in acc:
-        print(f"accuracy {a['device']:5} {a['kind']:8} T={a['T']:>5}  KKT residual sequential "
-              f"{a['kkt_residual_sequential']:.1e}  scan {a['kkt_residual_scan']:.1e}")
+    rows, acc, summary = _backward_sweep(args, devices, sizes, Ts, meta, out)
+    fwd = forward_sweep(devices, Ts)
+    summary["forward_crossover"] = forward_crossover(fwd)
+    converge = [swing_up(args.converge, 200)] if args.converge else []
+    for c in converge:
+        print(f"swing-up T={c['T']}: converged {c['converged']} in {c['iterations']} "
+              f"iterations, forward {c['forward_s']:.0f} s (warm start {c['warm_start_s']:.0f} "
+              f"s), cost {c['cost']:.2f} (warm start {c['cost_warm_start']:.2f}), kkt "
+              f"{c['kkt']:.1e}, pivot {c['pivot']:.2e}", flush=True)
     (out / "long_horizon.json").write_text(json.dumps(
-        {"meta": meta, "rows": rows, "accuracy": acc, "summary": summary}, indent=1))
-    plot(rows, out / "long_horizon.png")
+        {"meta": meta, "rows": rows, "accuracy": acc, "forward_rows": fwd,
+         "convergence": converge, "summary": summary}, indent=1))
+    plot(rows, out / "long_horizon.png", fwd)
     print(f"threads={meta['threads']} devices={devices} wall={meta['wall_s']:.0f} s")
     print(json.dumps(summary, indent=1))
 

@@ -21,6 +21,19 @@ from .qp import LQModel
 
 __all__: list[str] = []
 
+#: ``None``: :func:`use_closed_loop` decides; ``True`` / ``False`` force it (tests, benchmarks)
+CLOSED_LOOP: bool | None = None
+#: from this horizon on the solver uses the closed loop's gradients (docs/solver.md, "Long
+#: horizons"): at T = 400 through the pendulum's upright hold the open-loop costates reached
+#: 4e26 against value-function gradients of 25 (measured), at T <= 200 they were of order 1e2
+CLOSED_LOOP_MIN_T = 256
+
+
+def use_closed_loop(T: int) -> bool:
+    """Whether the solver's gradients, held set and multipliers come from the closed loop
+    (value functions) instead of the open-loop costate recursion."""
+    return (T >= CLOSED_LOOP_MIN_T) if CLOSED_LOOP is None else CLOSED_LOOP
+
 
 def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Tensor,
                  exact: Tensor, any_exact: bool, mu: Tensor | None
@@ -31,13 +44,17 @@ def _newton_step(dynamics: Dynamics, cost: Cost, pr: _Problem, x: Tensor, u: Ten
     :return: the gains at ``u`` and the LQ model of the problem around ``(x, u)``"""
     d = derivatives(dynamics, cost, x, u, pr.theta, pr.P)
     C = d.C
+    lo, hi = (None, None) if pr.lower is None else (pr.lower - u, pr.upper - u)
+    closed = use_closed_loop(u.shape[1])
     if any_exact:
-        lam = costates(d.F, d.c, d.cT)
+        if closed:  # the multipliers of the Gauss-Newton step: lam = v (value functions)
+            lam = LQModel(d.F, C, d.c, d.CT, d.cT, mu, lo, hi, True).newton(
+                torch.zeros_like(u), torch.zeros_like(x)).lam
+        else:
+            lam = costates(d.F, d.c, d.cT)
         Hf = lagrangian_hessian(dynamics, x[:, :-1], u, pr.theta, lam[:, 1:])
         C = C + exact.to(C.dtype)[:, None, None, None] * Hf
-    model = LQModel(d.F, C, d.c, d.CT, d.cT, mu,
-                     None if pr.lower is None else pr.lower - u,
-                     None if pr.upper is None else pr.upper - u)
+    model = LQModel(d.F, C, d.c, d.CT, d.cT, mu, lo, hi, closed)
     box = pr.lower is not None and u.shape[-1] == 1
     return model.newton(torch.zeros_like(u), torch.zeros_like(x), box=box), model
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from .cost import Cost
 from .ilqr_types import ILQRConfig, _Problem, _step_tol
 from .lqr import LQRGains
+from .lqr_gains import predicted_change
 from .models import Dynamics
 from .qp import LQModel, armijo_accept, closed_loop, rounding, solve_qp
 
@@ -76,7 +77,7 @@ def _armijo(dynamics, cost, pr, x, u, J, gains: LQRGains, alphas, armijo, dx=Non
     :func:`dilqr_rl.qp.armijo_accept` against the first-order prediction ``gu . (u_a - u)``
     (the true gradient, so the clamping in the rollout is accounted for)."""
     X, U, Ja = _rollout_policy(dynamics, cost, pr, x, u, gains.K, gains.k, alphas, dx)
-    pred = (gains.gu * (U - u)).sum((2, 3))
+    pred = predicted_change(gains, U - u, X - x)
     ok = armijo_accept(Ja, J, pred, armijo) & gains.ok & torch.isfinite(Ja)
     first = torch.argmax(ok.to(torch.int8), 0)
     ar = torch.arange(u.shape[0], device=u.device)
@@ -179,7 +180,7 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
                                     cfg.armijo, cfg.qp_iters)
         inner = inner.index_copy(0, r, its)
         plan = LQRGains(Kq, du, g.free, g.ok & ((its > 0) | small[r]), g.pivot, g.Quu, g.lam,
-                        g.gu)
+                        g.gu, Kg=g.Kg)
         res = _line_search(dynamics, cost, pr if every else pr.take(r), xs[r], us[r], Js[r],
                            plan, alphas, cfg, dxq)
         step = res if every else step.merge(res, r)

@@ -45,7 +45,8 @@ def _masked(H: Tensor, M: Tensor) -> Tensor:
 
 
 def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: Tensor | None,
-                  mu: Tensor | None, mu_eye: Tensor | None, free_t: Tensor):
+                  mu: Tensor | None, mu_eye: Tensor | None, free_t: Tensor,
+                  bounds_t: tuple[Tensor, Tensor] | None = None):
     """One step of the Riccati recursion, any ``m`` (the reference; Tassa et al. 2012 eq. 5).
 
     ``Q = C + F^T V F``, ``q = c + F^T (v + V f)``; on the free controls
@@ -58,7 +59,10 @@ def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: 
     :param Ft: ``(B, n, n+m)``; :param Ct: ``(B, n+m, n+m)``; :param ct: ``(B, n+m)``
     :param ft: ``(B, n)`` or ``None``; :param mu: ``(B,)`` or ``None``; :param mu_eye:
         ``mu I (B, m, m)`` or ``None``; :param free_t: ``(B, m)`` bool
-    :return: ``V, v, K (B, m, n), k (B, m), pd (B,), diag L (B, m), Quu (B, m, m)``
+    :param bounds_t: ``(at_lower, at_upper)`` of the step, ``(B, m)`` bool each, or ``None``:
+        the closed-loop held set (controls on a bound whose ``qu`` pushes outward also held)
+    :return: ``V, v, K (B, m, n), k (B, m), pd (B,), diag L (B, m), Quu (B, m, m)``, the free
+        set ``(B, m)`` and ``qu (B, m)``
     """
     n = Ft.shape[-2]
     FtT = Ft.transpose(-1, -2)
@@ -66,6 +70,8 @@ def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: 
     vv = v if ft is None else v + (V @ ft[..., None])[..., 0]
     q = ct + (FtT @ vv[..., None])[..., 0]
     Qux, Quu = Q[:, n:, :n], Q[:, n:, n:]
+    if bounds_t is not None:
+        free_t = free_t & ~_held(q[:, n:], *bounds_t)
     Hm = _masked(Quu if mu_eye is None else Quu + mu_eye, free_t)
     L, info = torch.linalg.cholesky_ex(Hm)
     pd = info == 0
@@ -85,7 +91,7 @@ def _riccati_step(V: Tensor, v: Tensor, Ft: Tensor, Ct: Tensor, ct: Tensor, ft: 
     V = Q[:, :n, :n] + vV[..., 1:]
     V = 0.5 * (V + V.transpose(-1, -2))
     return (V, q[:, :n] + vV[..., 0], K, kK[..., 0], pd,
-            torch.diagonal(L, dim1=-2, dim2=-1), Quu)
+            torch.diagonal(L, dim1=-2, dim2=-1), Quu, free_t, q[:, n:])
 
 
 def _pivots(Ld: Tensor, free: Tensor, pd: Tensor, mu: Tensor | None) -> Tensor:
@@ -100,7 +106,8 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
                  f: Tensor | None = None, mu: Tensor | None = None,
                  free: Tensor | None = None, at_lower: Tensor | None = None,
                  at_upper: Tensor | None = None, costates: bool = False,
-                 box_lower: Tensor | None = None, box_upper: Tensor | None = None) -> LQRGains:
+                 box_lower: Tensor | None = None, box_upper: Tensor | None = None,
+                 closed_loop: bool = False) -> LQRGains:
     """Riccati pass of the LQR, with a held set given (``free``) or found from the costates.
 
     :param F: ``(B, T, n, n+m)``; :param C: ``(B, T, n+m, n+m)``; :param c: ``(B, T, n+m)``
@@ -116,6 +123,12 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
     :param box_lower: ``(B, T, 1)``, with ``box_upper``, ``m = 1`` only: bounds on the step
         ``k``; a free control whose step leaves them is clamped there, its gain row zero (the
         closed-form box QP of box-DDP, Tassa et al. 2014, on top of the held set)
+    :param closed_loop: the gradients of the closed loop instead of the open loop (for long
+        horizons through unstable dynamics, where the open-loop costate recursion amplifies
+        rounding errors without bound: docs/solver.md, "Long horizons"): ``gu_t = qu_t =
+        c_u + F_u^T v_{t+1}`` decides the held set, and the gains return ``gu = qu``,
+        ``lam = v`` and ``Kg = K``; no costate recursion is run. Same result as the open-loop
+        pass at a fixed point (``k = 0``), where both gradients agree
     :return: :class:`LQRGains`
     """
     B, T, n, nz = F.shape
@@ -131,13 +144,13 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         fast = _riccati_scalar_batch_last if F.device.type == "cpu" and \
             B >= BATCH_LAST_MIN_B else _riccati_scalar
         return fast(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, costates or project,
-                    box_lower, box_upper)
+                    box_lower, box_upper, closed_loop=closed_loop)
     return _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
-                              costates or project)
+                              costates or project, closed_loop=closed_loop)
 
 
-def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam
-                       ) -> LQRGains:
+def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
+                       closed_loop: bool = False) -> LQRGains:
     """The Riccati pass for any ``m``: :func:`_riccati_step` backward in time, with the
     costate recursion and the held set (arguments as :func:`lqr_backward`). The ``m = 1``
     fast paths are checked against it (tests/test_lqr.py)."""
@@ -155,23 +168,27 @@ def _riccati_reference(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_la
         Ft, ct = F[:, t], c[:, t]
         fr = all_free if free is None else free[:, t]
         gu = None
-        if with_lam:
+        if with_lam and not closed_loop:
             g = ct + (FT[:, t] @ lam[..., None])[..., 0]  # [lam_t; gu_t]
             lam, gu = g[:, :n], g[:, n:]
             lams[t] = lam
             if at_lower is not None:
                 fr = fr & ~_held(gu, at_lower[:, t], at_upper[:, t])
-        V, v, K, k, pd, Ld, Quu = _riccati_step(V, v, Ft, C[:, t], ct,
-                                                None if f is None else f[:, t], mu, mu_eye, fr)
+        bt = (at_lower[:, t], at_upper[:, t]) if closed_loop and at_lower is not None else None
+        V, v, K, k, pd, Ld, Quu, fr, qu = _riccati_step(
+            V, v, Ft, C[:, t], ct, None if f is None else f[:, t], mu, mu_eye, fr, bt)
+        if with_lam and closed_loop:
+            gu = qu
         for lst, val in zip(out, (K, k, fr, pd, Ld, Quu, gu, V, v), strict=True):
             lst[t] = val
     K, k, fr, pd, Ld, Quu, gu, Vs, vs = out
-    fr, pd = torch.stack(fr, 1), torch.stack(pd, 1)
-    return LQRGains(torch.stack(K, 1), torch.stack(k, 1), fr, pd.all(1),
-                    _pivots(torch.stack(Ld, 1), fr, pd, mu), torch.stack(Quu, 1),
-                    torch.stack([*lams, cT], 1) if with_lam else None,
+    fr, pd, K, vs = torch.stack(fr, 1), torch.stack(pd, 1), torch.stack(K, 1), \
+        torch.stack([*vs, cT], 1)
+    lam = None if not with_lam else vs if closed_loop else torch.stack([*lams, cT], 1)
+    return LQRGains(K, torch.stack(k, 1), fr, pd.all(1),
+                    _pivots(torch.stack(Ld, 1), fr, pd, mu), torch.stack(Quu, 1), lam,
                     torch.stack(gu, 1) if with_lam else None, None,
-                    torch.stack([*Vs, CT], 1), torch.stack([*vs, cT], 1))
+                    torch.stack([*Vs, CT], 1), vs, K if closed_loop and with_lam else None)
 
 
 def lqr_rollout(F: Tensor, K: Tensor, k: Tensor, x0: Tensor, f: Tensor | None = None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["LQRGains"]
+__all__ = ["LQRGains", "predicted_change"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class LQRGains:
     :ivar V: ``(B, T+1, n, n)``, :ivar v: ``(B, T+1, n)``: the value functions
         ``V_t(x) = 1/2 x^T V_t x + v_t^T x + const`` of the LQR (``V_T = CT``, ``v_T = cT``);
         the multipliers of its solution are ``lam_t = V_t x_t + v_t``
+    :ivar Kg: ``(B, T, m, n)`` or ``None``: with ``closed_loop=True`` the feedback that defines
+        ``lam`` and ``gu`` (the pass's ``K``): they are then the costates and gradient of the
+        closed loop ``u_t = u_bar_t + K_t dx_t + w_t`` with respect to ``w``, and the first-order
+        change of the cost along a change ``(dx, du)`` is ``gu . (du - Kg dx)``
+        (docs/solver.md, "Long horizons"); ``None``: open-loop ``lam``, ``gu``
     """
 
     K: Tensor
@@ -49,12 +54,23 @@ class LQRGains:
     boxed: Tensor | None = None
     V: Tensor | None = None
     v: Tensor | None = None
+    Kg: Tensor | None = None
 
     def take(self, idx: Tensor) -> LQRGains:
         """The gains of the samples ``idx (b,)``."""
         return LQRGains(*(None if v is None else v[idx] for v in (
             self.K, self.k, self.free, self.ok, self.pivot, self.Quu, self.lam, self.gu,
-            self.boxed, self.V, self.v)))
+            self.boxed, self.V, self.v, self.Kg)))
+
+
+def predicted_change(g: LQRGains, du: Tensor, dx: Tensor) -> Tensor:
+    """The first-order change of the cost along a change ``du (..., b, T, m)``, ``dx (..., b,
+    T+1, n)`` of the trajectory (any leading dims): ``gu . du`` with open-loop gradients,
+    ``gu . (du - Kg dx)`` with closed-loop ones. :return: ``(..., b)``"""
+    if g.Kg is None:
+        return (g.gu * du).sum((-1, -2))
+    w = du - (g.Kg @ dx[..., :-1, :, None])[..., 0]
+    return (g.gu * w).sum((-1, -2))
 
 
 def _held(gu: Tensor, at_lower: Tensor, at_upper: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ def _scalar_control(Quu: Tensor, qu: Tensor, mu: Tensor | None, free: Tensor | N
 
 
 def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
-                    box_lower=None, box_upper=None) -> LQRGains:
+                    box_lower=None, box_upper=None, closed_loop: bool = False) -> LQRGains:
     """Fast path of :func:`lqr_backward` for ``m = 1``: scalar ``Quu``, no LAPACK, and as few
     tensor operations per step as possible (Python overhead dominates these tiny problems).
 
@@ -80,7 +80,7 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
         ct = c[:, t]
         fr_in = free_t[t]
         gu = None
-        if with_lam:
+        if with_lam and not closed_loop:
             FtTlam = (FtT @ lam[..., None])[..., 0]  # (B, n+1): [F_x^T lam; F_u^T lam]
             gu = ct[:, n:] + FtTlam[:, n:]
             lams[t] = lam = ct[:, :n] + FtTlam[:, :n]
@@ -92,6 +92,11 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
         q = ct + (FtT @ vv[..., None])[..., 0]
         Qux = Q[:, n:, :n]  # (B, 1, n)
         Quu, qu = Q[:, n:, n], q[:, n:]  # (B, 1)
+        if closed_loop and with_lam:  # the closed loop's gradient (lqr_backward)
+            gu = qu
+            if bounds is not None:
+                held = _held(gu, bounds[0][t], bounds[1][t])
+                fr_in = ~held if fr_in is None else fr_in & ~held
         k, fr, pd, sc, piv, hit = _scalar_control(Quu, qu, mu_b, fr_in, *box[t])  # (B, 1) each
         if hit is not None:
             boxed = hit if boxed is None else boxed | hit
@@ -107,12 +112,13 @@ def _riccati_scalar(F, C, c, CT, cT, f, mu, free, at_lower, at_upper, with_lam,
     K = -torch.stack(sc, 1)[..., None] * torch.stack(Qux, 1)
     fr = torch.ones(B, T, 1, dtype=torch.bool, device=F.device) if fr[0] is None else \
         torch.stack(fr, 1)
+    vs = torch.stack([*vs, cT], 1)
+    lam = None if not with_lam else vs if closed_loop else torch.stack([*lams, cT], 1)
     return LQRGains(K, torch.stack(k, 1), fr, torch.stack(pd, 1).all(1)[:, 0],
-                    torch.stack(piv, 1).amin((1, 2)), torch.stack(Quu, 1)[..., None],
-                    torch.stack([*lams, cT], 1) if with_lam else None,
+                    torch.stack(piv, 1).amin((1, 2)), torch.stack(Quu, 1)[..., None], lam,
                     torch.stack(gu, 1) if with_lam else None,
                     None if boxed is None else boxed[:, 0],
-                    torch.stack([*Vs, CT], 1), torch.stack([*vs, cT], 1))
+                    torch.stack([*Vs, CT], 1), vs, K if closed_loop and with_lam else None)
 
 
 #: on CPU, from this batch size the scalar Riccati pass runs in a batch-last layout
@@ -120,7 +126,8 @@ BATCH_LAST_MIN_B = 64
 
 
 def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
-                               with_lam, box_lower=None, box_upper=None) -> LQRGains:
+                               with_lam, box_lower=None, box_upper=None,
+                               closed_loop: bool = False) -> LQRGains:
     """Fast path: :func:`_riccati_scalar` with the batch as the last, contiguous dimension.
 
     On CPU, ``torch.bmm`` multiplies a batch of tiny matrices one GEMM call at a time (~0.3 us
@@ -148,7 +155,7 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
         Ft = Fl[t]
         fr_in = free_t[t]
         gu = None
-        if with_lam:
+        if with_lam and not closed_loop:
             FtTlam = (Ft * lam[:, None]).sum(0)  # (nz, B)
             gu = cl[t, n] + FtTlam[n]
             lam = cl[t, :n] + FtTlam[:n]
@@ -160,14 +167,19 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
         Q = Cl[t] + (FTl[t][:, :, None] * VF[None]).sum(1)  # (nz, nz, B)
         q = cl[t] + (Ft * vv[:, None]).sum(0)  # (nz, B)
         Qux, Quu, qu = Q[n, :n], Q[n, n], q[n]  # (n, B), (B,), (B,)
+        if closed_loop and with_lam:  # the closed loop's gradient (lqr_backward)
+            gu = qu
+            if bounds is not None:
+                held = _held(gu, bounds[0][t], bounds[1][t])
+                fr_in = ~held if fr_in is None else fr_in & ~held
         k, fr, pd, sc, piv, hit = _scalar_control(Quu, qu, mu, fr_in, *box[t])  # (B,) each
         if hit is not None:
             boxed = hit if boxed is None else boxed | hit
         V = Q[:n, :n] + (sc * (sc * Quu - 2)) * Qux[:, None] * Qux[None, :]
         V = 0.5 * (V + V.transpose(0, 1))  # symmetrized (see _riccati_scalar)
         v = q[:n] + Qux * (k - sc * (Quu * k + qu))
-        for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu, lam, V, v),
-                            strict=True):
+        for lst, val in zip(outs, (-sc * Qux, k, fr_in, Quu, pd, piv, gu,
+                                   v if closed_loop else lam, V, v), strict=True):
             lst[t] = val
     K, k, fr, Quu, pd, piv, gu, lams, Vs, vs = outs
     K = torch.stack(K, 0).permute(2, 0, 1)[:, :, None, :]  # (B, T, 1, n)
@@ -178,5 +190,6 @@ def _riccati_scalar_batch_last(F, C, c, CT, cT, f, mu, free, at_lower, at_upper,
                     torch.stack([*lams, cT.t()], 0).permute(2, 0, 1) if with_lam else None,
                     torch.stack(gu, 1)[..., None] if with_lam else None, boxed,
                     torch.stack([*Vs, CT.permute(1, 2, 0)], 0).permute(3, 0, 1, 2),
-                    torch.stack([*vs, cT.t()], 0).permute(2, 0, 1))
+                    torch.stack([*vs, cT.t()], 0).permute(2, 0, 1),
+                    K if closed_loop and with_lam else None)
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .lqr import LQRGains, lqr_backward
+from .lqr import LQRGains
+from .lqr_gains import predicted_change
+from .lqr_scan import riccati_pass
 
 __all__ = ["LQModel", "solve_qp", "closed_loop", "armijo_accept"]
 
@@ -74,7 +76,9 @@ def closed_loop(x0: Tensor, ff: Tensor, K: Tensor, xr: Tensor, lower: Tensor | N
 class LQModel:
     """The LQ model of the problem around a trajectory, in deviations ``(dx, du)``:
     ``min sum_t 1/2 dz^T C dz + c^T dz + 1/2 dx_T^T CT dx_T + cT^T dx_T``,
-    ``dx_{t+1} = F_t dz_t``, ``dx_0 = 0``, ``lower <= du <= upper`` (bounds minus ``u``)."""
+    ``dx_{t+1} = F_t dz_t``, ``dx_0 = 0``, ``lower <= du <= upper`` (bounds minus ``u``).
+    ``closed_loop``: its Riccati passes return the closed loop's gradients (long horizons,
+    :func:`dilqr_rl.lqr.lqr_backward`)."""
 
     F: Tensor
     C: Tensor
@@ -84,10 +88,12 @@ class LQModel:
     mu: Tensor | None
     lower: Tensor | None
     upper: Tensor | None
+    closed_loop: bool = False
 
     def take(self, idx: Tensor) -> LQModel:
         return LQModel(*(None if v is None else v[idx] for v in (
-            self.F, self.C, self.c, self.CT, self.cT, self.mu, self.lower, self.upper)))
+            self.F, self.C, self.c, self.CT, self.cT, self.mu, self.lower, self.upper)),
+            self.closed_loop)
 
     def newton(self, du: Tensor, dx: Tensor, free: Tensor | None = None, box: bool = False
                ) -> LQRGains:
@@ -103,10 +109,13 @@ class LQModel:
         at_lo = at_hi = None
         if self.lower is not None:
             at_lo, at_hi = du <= self.lower, du >= self.upper
-        return lqr_backward(self.F, self.C, gz, self.CT, gT, mu=self.mu, free=free,
+        # sequential, or by associative scans where that was measured faster
+        # (dilqr_rl/lqr_scan.py)
+        return riccati_pass(self.F, self.C, gz, self.CT, gT, mu=self.mu, free=free,
                             at_lower=at_lo, at_upper=at_hi, costates=True,
                             box_lower=self.lower - du if box else None,
-                            box_upper=self.upper - du if box else None)
+                            box_upper=self.upper - du if box else None,
+                            closed_loop=self.closed_loop)
 
     def rollout(self, du: Tensor, dx: Tensor, gains: LQRGains, alphas: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,7 +150,7 @@ def model_search(mdl: LQModel, du: Tensor, dx: Tensor, q: Tensor, g: LQRGains,
     dynamics): ``accepted (b,)``, ``du``, ``dx``, model value of the chosen step, and whether
     the full step (``alphas[0]``) was taken ``(b,)``."""
     dX, dU, Qa = mdl.rollout(du, dx, g, alphas)
-    pred = (g.gu * (dU - du)).sum((2, 3))
+    pred = predicted_change(g, dU - du, dX - dx)
     ok = armijo_accept(Qa, q, pred, armijo) & g.ok & (pred < 0)
     acc = ok.any(0)
     first = torch.argmax(ok.to(torch.int8), 0)
@@ -193,7 +202,8 @@ def solve_qp(model: LQModel, gains: LQRGains, u: Tensor, alphas: Tensor, tol: fl
             h = \
                 torch.diagonal(g.Quu[r], dim1=-2, dim2=-1).clamp_min(1e-300)
             grad = LQRGains(torch.zeros_like(face.K), -g.gu[r] / h, face.free, face.ok,
-                            face.pivot, face.Quu, g.lam[r], g.gu[r])
+                            face.pivot, face.Quu, g.lam[r], g.gu[r],
+                            Kg=None if g.Kg is None else g.Kg[r])
             a3, u3, x3, q3, _ = model_search(mr, dus[r], dxs[r], qs[r], grad, fine, armijo)
             use3 = a3 & (~a2 | (q3 < q2))
             a2 = a2 | a3
