@@ -96,11 +96,13 @@ def make_model(args: TrainArgs, env: Any, tb_dir: str | None) -> Any:
     return cls(policy, env, policy_kwargs=pk, **kw)
 
 
-def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0) -> list[float]:
+def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0,
+             outcome: dict[str, Any] | None = None) -> list[float]:
     """Deterministic returns of one episode per env of ``envs`` (a list; or one env, which
     then plays ``episodes`` episodes in turn) with seeds ``seed, seed+1, ...``. The envs of a
     list run in lockstep, so a DiLQR actor plans for all of them in one batched solve (its warm
-    start is reset before and after)."""
+    start is reset before and after). For a list of envs of a task that declares ``success``,
+    ``outcome`` (if given) receives ``"success"``: the task's verdict per episode."""
     actor = _actor(model)
     if actor is not None:
         actor.reset()
@@ -109,7 +111,12 @@ def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0) 
         return model.predict(obs, deterministic=True)[0]
 
     if isinstance(envs, (list, tuple)):
-        rets = run_episodes(envs, seed, act)
+        trace: dict[str, Any] = {}
+        rets = run_episodes(envs, seed, act, trace)
+        if outcome is not None:
+            ok = episode_success(envs, trace["infos"])
+            if ok is not None:
+                outcome["success"] = ok
     else:
         rets = []
         for ep in range(episodes or 1):
@@ -119,6 +126,21 @@ def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0) 
     if actor is not None:
         actor.reset()
     return rets
+
+
+def episode_success(envs: list[Any], infos: list[dict[str, Any]]) -> list[bool] | None:
+    """The task's ``success`` verdict on each finished episode of ``envs`` (their last
+    ``infos``), or ``None`` where the env is not a task's or the task declares no rule."""
+    from dilqr_rl import tasks
+
+    try:
+        task = tasks.for_env(envs[0].spec.id)
+    except (ValueError, AttributeError):
+        return None
+    if task.success is None:
+        return None
+    return [bool(task.success(e.unwrapped.state, info)) for e, info in zip(envs, infos,
+                                                                            strict=True)]
 
 
 def _actor(model: Any) -> Any:
@@ -154,10 +176,12 @@ def _callbacks(args: TrainArgs, run_dir: str, eval_envs: list[Any]) -> list[Any]
 
         def _evaluate(self) -> None:
             t0 = time.perf_counter()
-            rets = evaluate(self.model, eval_envs, seed=10_000 + args.seed)
+            outcome: dict[str, Any] = {}
+            rets = evaluate(self.model, eval_envs, seed=10_000 + args.seed, outcome=outcome)
             rec: dict[str, Any] = {"timesteps": int(self.num_timesteps),
                                    "mean": float(np.mean(rets)), "std": float(np.std(rets)),
-                                   "returns": rets, "eval_s": time.perf_counter() - t0}
+                                   "returns": rets, **outcome,
+                                   "eval_s": time.perf_counter() - t0}
             if _actor(self.model) is not None:
                 rec["params"] = sb3.physical_params(self.model.policy)
             with open(self.path, "a") as f:

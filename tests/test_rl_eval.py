@@ -45,3 +45,24 @@ def test_reference_is_the_true_model() -> None:
     # the same controller planning with m = 6 in the same m = 1.2 envs does worse
     bad = reference_returns(parse_args([*flags, "--env-kwargs", "m=6.0"]), envs, seed=3)
     assert np.mean(ref) > np.mean(bad) + 50, (ref, bad)
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
+def test_evaluation_reports_the_task_success() -> None:
+    """``outcome["success"]`` is the task's verdict on each episode: the true model swings the
+    pendulum up from these starts within 100 steps, a far wrong model (m = 6: its torque is
+    too weak in its own eyes, l = 0.3) does not; an env outside the tasks gets no verdict."""
+    def model(params: dict[str, float]) -> PPO:
+        spec = sb3.controller_spec("pendulum", params, horizon=20, max_iter=10)
+        return PPO(sb3.DiLQRActorCriticPolicy, _envs(1)[0], n_steps=32, batch_size=16, seed=0,
+                   policy_kwargs={"controller": spec})
+
+    good, bad = {}, {}
+    rl.evaluate(model({}), _envs(2, 100), seed=3, outcome=good)
+    rl.evaluate(model({"m": 6.0, "l": 0.3}), _envs(2, 100), seed=3, outcome=bad)
+    assert good["success"] == [True, True]
+    assert bad["success"] == [False, False]
+    other = {}
+    mlp = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=32, batch_size=16, seed=0)
+    rl.evaluate(mlp, [gym.make("Pendulum-v1", max_episode_steps=5)], seed=0, outcome=other)
+    assert other == {}

@@ -1,0 +1,206 @@
+"""Aggregation, table and figure of ``benchmarks/rl_sample_efficiency.py``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import torch
+from rl_methods import is_dilqr, true_params, wrong_params
+
+from dilqr_rl import tasks
+
+
+def within_10pct(R: float) -> float:
+    """The lowest return within 10 % of the reference return ``R``."""
+    return R - 0.1 * abs(R)
+
+
+def first_reach(t: list[int], curve: list[float] | np.ndarray, threshold: float) -> int | None:
+    """The first evaluation step at which ``curve >= threshold`` (``None``: never)."""
+    for ti, v in zip(t, curve, strict=True):
+        if v >= threshold:
+            return int(ti)
+    return None
+
+
+def _rel(v: np.ndarray, t: np.ndarray) -> float:
+    return float(np.linalg.norm(v - t) / np.linalg.norm(t))
+
+
+def param_errors(env: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Relative error ``|theta - theta*| / |theta*|`` of the model's parameters at the first and
+    last evaluation (mean over seeds), and of the identifiable combinations where the task
+    declares them (the pendulum's ``g / l`` and ``m l^2``)."""
+    task, truth = tasks.for_env(env), true_params(env)
+    names = list(truth)
+    th = np.array([truth[k] for k in names])
+
+    def combos(p: dict[str, float]) -> np.ndarray | None:
+        if task.identifiable is None:
+            return None
+        c = task.combinations(torch.tensor([p[k] for k in names], dtype=torch.float64))
+        return np.array([float(v) for v in c.values()])
+
+    out: dict[str, Any] = {"params_end": [r["params"][-1] for r in rs]}
+    for when, i in (("start", 0), ("end", -1)):
+        out[f"param_error_{when}"] = float(np.mean(
+            [_rel(np.array([r["params"][i][k] for k in names]), th) for r in rs]))
+        if task.identifiable is not None:
+            out[f"identifiable_error_{when}"] = float(np.mean(
+                [_rel(combos(r["params"][i]), combos(truth)) for r in rs]))
+    return out
+
+
+def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, float]
+                  ) -> dict[str, Any]:
+    """Seed-mean curve of one method on one env, its success rate, its per-seed steps to the
+    seed's threshold ``thr[seed]`` and, for the DiLQR methods, the parameter errors."""
+    t = rs[0]["timesteps"]
+    curves = np.array([r["mean"] for r in rs])
+    mu, sd = curves.mean(0), curves.std(0)
+    succ = [r.get("success") or [] for r in rs]
+    rec: dict[str, Any] = {
+        "timesteps": t, "mean": mu.tolist(), "std": sd.tolist(),
+        "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
+        "seed_steps_to_target": {str(r["seed"]): first_reach(r["timesteps"], r["mean"],
+                                                            thr[str(r["seed"])]) for r in rs},
+        "train_s_per_step": float(np.mean([r["train_s_per_step"] for r in rs])),
+    }
+    if all(s and s[-1] is not None for s in succ):
+        rec["final_success"] = float(np.mean([s[-1] for s in succ]))
+    if is_dilqr(m):
+        rec.update(param_errors(env, rs))
+    return rec
+
+
+def seed_targets(er: dict[str, Any], methods: list[str], seeds: list[int],
+                 mlp_budget: int) -> dict[str, Any]:
+    """Per seed: the best DiLQR variant's steps to target ``d``, the best MLP baseline's ``M``
+    and whether ``d <= M / 10`` holds (``None``: undetermined, no MLP baseline reached the
+    target within ``mlp_budget`` and ``d > mlp_budget / 10``; a censored ``M`` with ``d <=
+    mlp_budget / 10`` holds, as ``M > mlp_budget``)."""
+    out: dict[str, Any] = {}
+    for s in map(str, seeds):
+        def best(pred, s=s):
+            got = [(er["methods"][m]["seed_steps_to_target"][s], m) for m in methods
+                   if pred(m) and er["methods"][m]["seed_steps_to_target"][s] is not None]
+            return min(got) if got else (None, None)
+
+        d, dm = best(is_dilqr)
+        M, mm = best(lambda m: not is_dilqr(m))
+        if d is None:
+            holds = False
+        elif M is not None:
+            holds = bool(d <= M / 10)
+        else:
+            holds = True if d <= mlp_budget / 10 else None
+        out[s] = {"dilqr_steps": d, "dilqr_method": dm, "mlp_steps": M, "mlp_method": mm,
+                  "ratio": (d / M) if (d is not None and M) else None, "holds": holds}
+    return out
+
+
+def _mpc_summary(mpc_out: list[dict[str, Any]], env: str, which: str) -> dict[str, Any] | None:
+    rs = sorted((r for r in mpc_out if r["env"] == env and r["which"] == which),
+                key=lambda r: r["seed"])
+    if not rs:
+        return None
+    rets = [x for r in rs for x in r["returns"]]
+    ok = [x for r in rs for x in (r["success"] or [])]
+    return {"params": rs[0]["params"], "mean": float(np.mean(rets)), "std": float(np.std(rets)),
+            "per_seed": {str(r["seed"]): float(np.mean(r["returns"])) for r in rs},
+            "success": float(np.mean(ok)) if ok else None,
+            "s_per_step": float(np.mean([r["s_per_step"] for r in rs]))}
+
+
+def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
+               mpc_out: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of one env: the MPC references, every method, the per-seed targets."""
+    true_mpc = _mpc_summary(mpc_out, env, "true")
+    thr = {s: within_10pct(v) for s, v in true_mpc["per_seed"].items()}
+    er: dict[str, Any] = {"true_params": true_params(env), "wrong_params": wrong_params(env),
+                          "mpc_true": true_mpc, "mpc_wrong": _mpc_summary(mpc_out, env, "wrong"),
+                          "mpc_true_fixed_horizon": _mpc_summary(mpc_out, env, "true_fixed"),
+                          "threshold": within_10pct(true_mpc["mean"]), "seed_threshold": thr,
+                          "methods": {}}
+    for m in opt.methods:
+        rs = [r for r in runs if r["env"] == env and r["method"] == m]
+        er["methods"][m] = method_record(env, m, rs, thr)
+    er["targets"] = seed_targets(er, opt.methods, opt.seeds, opt.mlp_budget)
+    return er
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"DiLQR budget {report['budget']} env steps (rocket {report['rocket_budget']}), MLP "
+          f"{report['mlp_budget']}, seeds {report['seeds']}, wall {report['wall_s'] / 60:.1f} min")
+    for env, er in report["envs"].items():
+        mt, mw = er["mpc_true"], er["mpc_wrong"]
+        print(f"\n{env}: MPC true model {mt['mean']:.1f} +- {mt['std']:.1f} (success "
+              f"{mt['success']}), wrong model {mw['mean']:.1f} +- {mw['std']:.1f} (success "
+              f"{mw['success']}); target >= R* - 10 % per seed")
+        if er.get("mpc_true_fixed_horizon"):
+            f = er["mpc_true_fixed_horizon"]
+            print(f"  true model, fixed horizon (the SB3 actor's controller): {f['mean']:.1f} "
+                  f"(success {f['success']})")
+        print(f"  {'method':<16} {'final return':>18} {'success':>8} {'steps to target':>22} "
+              f"{'ms/step':>8}")
+        for m, r in er["methods"].items():
+            steps = ",".join(str(v) if v is not None else "-"
+                             for v in r["seed_steps_to_target"].values())
+            print(f"  {m:<16} {r['final_mean']:>9.1f} +- {r['final_std']:>6.1f} "
+                  f"{r.get('final_success', float('nan')):>8.2f} {steps:>22} "
+                  f"{1e3 * r['train_s_per_step']:>8.1f}")
+            if "param_error_start" in r:
+                ident = (f"; identifiable {r['identifiable_error_start']:.3f} -> "
+                         f"{r['identifiable_error_end']:.3f}"
+                         if "identifiable_error_start" in r else "")
+                print(f"  {'':<6} model error {r['param_error_start']:.3f} -> "
+                      f"{r['param_error_end']:.3f}{ident}")
+        for s, t in er["targets"].items():
+            print(f"  seed {s}: best DiLQR {t['dilqr_method']} {t['dilqr_steps']}, best MLP "
+                  f"{t['mlp_method']} {t['mlp_steps']}, ratio {t['ratio']}, target holds "
+                  f"{t['holds']}")
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Per env: every method's learning curve (mean +- std over seeds) with the MPC returns of
+    the true and the initial model as reference lines; top row the full range, bottom row
+    zoomed on the range of the references, where the target lives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(report["envs"])
+    fig, axes = plt.subplots(2, len(envs), figsize=(5.5 * len(envs), 8), squeeze=False)
+    for col, env in enumerate(envs):
+        er = report["envs"][env]
+        refs = [er["mpc_true"]["mean"], er["mpc_wrong"]["mean"], er["threshold"]]
+        for row in (0, 1):
+            ax = axes[row, col]
+            for i, (m, r) in enumerate(er["methods"].items()):
+                t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
+                ax.plot(t, mu, "o-" if is_dilqr(m) else "-", ms=3, color=f"C{i}", label=m)
+                ax.fill_between(t, mu - sd, mu + sd, alpha=0.12, color=f"C{i}")
+            ax.axhline(refs[0], color="k", ls="--", label="MPC, true model")
+            ax.axhline(refs[2], color="k", ls=":", label="within 10 % (target)")
+            ax.axhline(refs[1], color="r", ls="--", lw=0.8, label="MPC, initial model")
+            if er.get("mpc_true_fixed_horizon"):
+                ax.axhline(er["mpc_true_fixed_horizon"]["mean"], color="g", ls="-.", lw=0.8,
+                           label="MPC, true model, fixed horizon")
+            ax.set_xscale("symlog", linthresh=256)
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("deterministic return")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{env.split('/')[-1]} ({len(report['seeds'])} seeds)")
+            else:
+                lo, hi = min(refs), max(refs)
+                pad = 0.25 * (hi - lo)
+                ax.set_ylim(lo - pad, hi + pad)
+                ax.set_title("zoom on the references")
+        axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
