@@ -7,6 +7,11 @@ table (also written to ``benchmarks/results/gpu.json``):
    up to 4096, ``T`` up to 100, a fixed number of iLQR iterations (``tol=0``), forward time
    and implicit backward time, per sample.
 2. Backward cost vs iterations: implicit vs unrolled autodiff at ``T = 10``, ``B = 1``.
+3. Long horizons (CUDA only, or ``--long-horizon`` to force it): the sweep of
+   benchmarks/long_horizon.py on the device, sequential against the associative scan for the
+   implicit backward's LQR solve, the forward solver's Riccati pass and one iLQR iteration,
+   ``T`` in {50, ..., 5000}, ``B`` in {1, 32}, float64 (``--quick``: ``T`` in {8, 16}, ``B = 1``,
+   which is how tests/test_lqr_scan.py smoke-tests it on the CPU).
 
 Designed to finish in under 5 minutes on one GPU. ``--quick`` shrinks the grid (for a CPU-only
 smoke run). Usage: ``python benchmarks/gpu.py [--quick] [--threads N]``.
@@ -68,6 +73,29 @@ def timed(ctrl, x0, device: str, repeats: int = 2) -> tuple[float, float, float 
     return best_f, best_b, peak
 
 
+def long_horizon_sweep(devices: list[str], quick: bool) -> list[dict]:
+    """Section 3: sequential against scan per device (rows of benchmarks/long_horizon.py,
+    with ``part`` "backward", "pass" or "iteration")."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import long_horizon as lh
+    from long_horizon_forward import iteration_cell, pass_cell
+
+    Ts, Bs = ((8, 16), (1,)) if quick else (lh.TS, lh.BS)
+    rows = []
+    for dev in devices:
+        lh.run_cell(2, 8, 3, 1, dev)  # warm-up
+        for B in Bs:
+            for T in Ts:
+                back = {"part": "backward", **lh.run_cell(B, T, 3, 1, dev)}
+                for r in (back, pass_cell(B, T, 3, 1, dev, lh.problem, sync),
+                          iteration_cell(B, T, dev, sync)):
+                    rows.append({"kind": "long_horizon", **r})
+                    print(f"long_horizon {r['part']:9} {dev:4} B={B:<3} T={T:<5} sequential "
+                          f"{r['sequential_s'] * 1e3:9.2f} ms  scan {r['scan_s'] * 1e3:9.2f} ms",
+                          flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -75,6 +103,8 @@ def main(argv=None) -> None:
                     help="CPU threads (default: torch's default for large batches)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--long-horizon", action="store_true",
+                    help="run section 3 on the CPU too (by default it runs on CUDA only)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +138,11 @@ def main(argv=None) -> None:
                              "mode": mode, "forward_s": f, "backward_s": b, "peak_MB": peak})
                 print(f"backward {dev:4} iters={it:<4} {mode:9} bwd {b * 1e3:9.1f} ms",
                       flush=True)
+    lh_devices = [d for d in devices if d == "cuda" or args.long_horizon]
+    if lh_devices:
+        rows += long_horizon_sweep(lh_devices, args.quick)
+    else:
+        print("long_horizon: skipped (no CUDA device; --long-horizon runs it on the CPU)")
     meta = {"torch": torch.__version__, "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -119,6 +154,8 @@ def main(argv=None) -> None:
     print(f"{'kind':9} {'dev':5} {'B':>5} {'T':>4} {'iters':>5} {'mode':9} {'fwd ms':>9} "
           f"{'bwd ms':>9} {'ms/sample':>9} {'peak MB':>8}")
     for r in rows:
+        if r["kind"] == "long_horizon":
+            continue  # printed above
         print(f"{r['kind']:9} {r['device']:5} {r['B']:>5} {r['T']:>4} {r['iters']:>5} "
               f"{r.get('mode', 'implicit'):9} {r['forward_s'] * 1e3:>9.1f} "
               f"{r['backward_s'] * 1e3:>9.2f} {r.get('per_sample_ms', float('nan')):>9.3f} "

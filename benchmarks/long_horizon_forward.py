@@ -89,36 +89,62 @@ def iteration_cell(B: int, T: int, device: str, sync) -> dict:
     return row
 
 
-def swing_up(T: int, max_iter: int, device: str = "cpu", warm: str = "mpc") -> dict:
+def _mpc_plan(task, dynamics, x: torch.Tensor, theta: torch.Tensor, steps: int
+              ) -> torch.Tensor:
+    """The task's receding-horizon MPC (its own horizon) run for ``steps`` steps from ``x``
+    on the model: its controls ``(1, steps, 1)``."""
+    mpc = task.controller().to(x.device)
+    us = []
+    for _ in range(steps):
+        u = mpc.act(x)
+        us.append(u)
+        x = dynamics.step(x, u, theta)
+    return torch.stack(us, 1)
+
+
+def swing_up(T: int, max_iter: int, device: str = "cpu", warm: str = "staged",
+             short: int = 400, keep: int = 300) -> dict:
     """The pendulum swing-up and hold, ``B = 1``, ``|u| <= 2``, from 0.1 rad off hanging,
-    horizon ``T``: ``warm="mpc"`` starts from the task's receding-horizon MPC rollout (its own
-    horizon), ``"zeros"`` from ``u = 0``. Reports the forward time (warm start included) and
-    the solver's outcome with the rule's choice of pass."""
+    horizon ``T``, with the solver's default rules (closed-loop gradients from
+    ``CLOSED_LOOP_MIN_T``, the forward scan where :func:`use_scan_forward` picks it).
+
+    Initialization (``warm``): ``"zeros"``; ``"mpc"``, the task's receding-horizon MPC rollout
+    (horizon 20) for all ``T`` steps; ``"staged"`` (a shorter-horizon solve): the ``short``-step
+    problem solved from its MPC rollout, its first ``keep`` controls (the swing-up, before the
+    end effects of the short horizon), then the MPC's hold for the remaining steps. The
+    forward time counts the whole initialization."""
     task = tasks.get("pendulum")
     ctrl = task.controller(horizon=T).to(device)
+    dyn = ctrl.dynamics
     th0 = math.pi - 0.1
     x0 = torch.tensor([[math.cos(th0), math.sin(th0), 0.0]], dtype=torch.float64,
                       device=device)
+    info: dict = {}
     with torch.no_grad():
         theta, P = ctrl._params(1, x0, None, {})
         lo, hi = ctrl._bounds(1, x0.dtype, x0.device)
         t0 = time.perf_counter()
-        if warm == "mpc":
-            mpc = task.controller().to(device)
-            x, us = x0, []
-            for _ in range(T):
-                u = mpc.act(x)
-                us.append(u)
-                x = ctrl.dynamics.step(x, u, theta)
-            u_init = torch.stack(us, 1)
-        else:
+        if warm == "zeros":
             u_init = torch.zeros(1, T, 1, dtype=torch.float64, device=device)
+        elif warm == "mpc" or T <= short:
+            u_init = _mpc_plan(task, dyn, x0, theta, T)
+        elif warm == "staged":
+            u1 = _mpc_plan(task, dyn, x0, theta, short)
+            s1 = ilqr_solve(dyn, ctrl.cost, x0, theta, P, u1, lo[:, :short], hi[:, :short],
+                            ILQRConfig(max_iter=max_iter, on_unconverged="detach"))
+            info = {"short_T": short, "short_converged": bool(s1.converged[0]),
+                    "short_iterations": int(s1.iterations[0])}
+            xk = s1.x[:, keep]
+            u_init = torch.cat([s1.u[:, :keep], _mpc_plan(task, dyn, xk, theta, T - keep)], 1)
+        else:
+            raise ValueError(f"warm must be 'zeros', 'mpc' or 'staged', got {warm!r}")
         t_warm = time.perf_counter() - t0
-        J0 = float(ctrl.cost.total(rollout(ctrl.dynamics, x0, u_init, theta), u_init, P)[0])
-        sol = ilqr_solve(ctrl.dynamics, ctrl.cost, x0, theta, P, u_init, lo, hi,
+        J0 = float(ctrl.cost.total(rollout(dyn, x0, u_init, theta), u_init, P)[0])
+        sol = ilqr_solve(dyn, ctrl.cost, x0, theta, P, u_init, lo, hi,
                          ILQRConfig(max_iter=max_iter, on_unconverged="detach"))
         t_all = time.perf_counter() - t0
     return {"T": T, "B": 1, "max_iter": max_iter, "warm_start": warm, "device": device,
+            "threads": torch.get_num_threads(), **info,
             "warm_start_s": t_warm, "forward_s": t_all, "cost_warm_start": J0,
             "cost": float(sol.cost[0]), "converged": bool(sol.converged[0]),
             "iterations": int(sol.iterations[0]), "kkt": float(sol.kkt[0]),

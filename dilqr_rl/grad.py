@@ -40,7 +40,9 @@ from torch import Tensor
 from .cost import Cost
 from .derivatives import derivatives, lagrangian_hessian, stage_params
 from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
+from .ilqr_newton import use_closed_loop
 from .lqr import costates, lqr_solve
+from .lqr_scan import riccati_pass
 from .models import Dynamics
 from .scan import lqr_solve_scan
 
@@ -76,6 +78,17 @@ def _adjoint_lqr(F, H, gz, CT, gT, x0, free):
     return lqr_solve(F, H, gz, CT, gT, x0, free=free)
 
 
+def _multipliers(d, free: Tensor) -> Tensor:
+    """The costates ``lam (B, T+1, n)`` at the fixed point: by the open-loop recursion, or on
+    long horizons (:func:`dilqr_rl.ilqr_newton.use_closed_loop`) as the value functions'
+    gradients of the Riccati pass with the held set ``free`` (equal at a fixed point; the
+    open-loop recursion amplifies rounding errors through unstable dynamics:
+    docs/solver.md, "Long horizons")."""
+    if not use_closed_loop(d.F.shape[1]):
+        return costates(d.F, d.c, d.cT)
+    return riccati_pass(d.F, d.C, d.c, d.CT, d.cT, free=free, closed_loop=True).lam
+
+
 def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                     P: dict[str, Tensor], x: Tensor, u: Tensor, free: Tensor,
                     gx: Tensor, gu: Tensor, exact: bool = True
@@ -97,7 +110,7 @@ def fixed_point_vjp(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     n = x.shape[-1]
     with torch.no_grad():
         d = derivatives(dynamics, cost, x, u, theta, P)
-        lam = costates(d.F, d.c, d.cT)
+        lam = _multipliers(d, free)
         H = d.C + lagrangian_hessian(dynamics, x[:, :-1], u, theta, lam[:, 1:]) if exact \
             else d.C
         gz = torch.cat([gx[:, :-1], gu], -1)

@@ -51,11 +51,14 @@ def use_scan_forward(B: int, T: int, n: int, m: int, device: torch.device) -> bo
     """Whether the forward Riccati pass runs as a scan (:func:`lqr_backward_scan`).
 
     Measured on a 2-core CPU, one thread (benchmarks/long_horizon.py, forward sweep; the
-    numbers are in docs/solver.md). The same rule is used on other devices until measured
-    there. :data:`FORWARD_SCAN` overrides it."""
+    numbers are in docs/solver.md): the pass's crossover is T* ~ 20 at B = 1 and ~ 40 at
+    B = 32 (n = 3), as for the implicit backward's solve (:func:`dilqr_rl.grad.use_scan`), whose
+    thresholds it shares. The same rule is used on other devices until measured there.
+    :data:`FORWARD_SCAN` overrides it."""
     if FORWARD_SCAN is not None:
         return FORWARD_SCAN
-    return False  # until measured
+    work = B * n * n
+    return (work <= 25 and T >= 20) or (work <= 300 and T >= 50)
 
 
 def _costates_scan(Fx: Tensor, cx: Tensor, cT: Tensor) -> Tensor:

@@ -196,3 +196,51 @@ def test_closed_loop_scalar_paths_equal_the_reference_pass(B):
     assert torch.equal(fast.free, ref.free)
     for name in ("K", "k", "lam", "gu", "V", "v", "Kg", "pivot"):
         _close(getattr(fast, name), getattr(ref, name))
+
+
+def test_implicit_gradient_multipliers_closed_loop_equal_costates_at_a_solution(monkeypatch):
+    """At a converged solution the value-function multipliers that the implicit gradient uses
+    on long horizons equal the open-loop costates (pendulum, T = 40, bounds active)."""
+    from dilqr_rl import grad, ilqr_newton
+    from dilqr_rl.derivatives import derivatives
+
+    task = tasks.get("pendulum")
+    T = 40
+    ctrl = task.controller(horizon=T)
+    x0 = task.sample_demo_start(torch.Generator().manual_seed(2), 3).to(F64)
+    with torch.no_grad():
+        theta, P = ctrl._params(3, x0, None, {})
+        lo, hi = ctrl._bounds(3, F64, x0.device)
+        sol = ilqr_solve(ctrl.dynamics, ctrl.cost, x0, theta, P,
+                         torch.zeros(3, T, 1, dtype=F64), lo, hi, ILQRConfig(max_iter=200))
+        assert bool(sol.converged.all())
+        free = (sol.u > lo + 1e-9) & (sol.u < hi - 1e-9)
+        assert not bool(free.all())
+        d = derivatives(ctrl.dynamics, ctrl.cost, sol.x, sol.u, theta, P)
+        lam = {}
+        for on in (False, True):
+            monkeypatch.setattr(ilqr_newton, "CLOSED_LOOP", on)
+            lam[on] = grad._multipliers(d, free)
+    _close(lam[True], lam[False], 1e-6)
+
+
+def test_gpu_benchmark_long_horizon_section_quick_on_cpu():
+    """benchmarks/gpu.py's long-horizon section (CUDA-only by default) in its quick mode on the
+    CPU: every part timed both ways, and the two passes agree."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    rows = gpu.long_horizon_sweep(["cpu"], quick=True)
+    assert sorted((r["part"], r["T"]) for r in rows) == [
+        (p, T) for p in ("backward", "iteration", "pass") for T in (8, 16)]
+    for r in rows:
+        assert r["sequential_s"] > 0 and r["scan_s"] > 0
+    for r in rows:
+        if r["part"] == "backward":
+            assert max(r["max_rel_diff_x"], r["max_rel_diff_u"]) <= 1e-10
+        if r["part"] == "pass":
+            assert r["max_rel_diff_k"] <= 1e-10
