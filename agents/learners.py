@@ -156,10 +156,18 @@ class MPCLearner(Learner):
             init = [task.learn_init[k] for k in task.param_names]
             self.theta = nn.Parameter(torch.tensor(init, dtype=F64))
         else:
-            # DiffMPC: q = sigmoid(logit) with logit = 0 (q = 0.5), linear term 0 (goal 0)
+            # DiffMPC: q = sigmoid(logit) with logit = 0 (q = 0.5), linear term 0 (goal 0),
+            # unless the task has its own guess (the rocket's hover thrust is 10, not 0)
             n = len(self.cost_true) // 2
-            self.w_logit = nn.Parameter(torch.zeros(n, dtype=F64))
-            self.goal = nn.Parameter(torch.zeros(n, dtype=F64))
+            init = task.cost_learn_init
+            w0 = torch.full((n,), 0.5, dtype=F64) if init is None else \
+                torch.tensor(init.weights, dtype=F64)
+            if w0.shape != (n,) or not bool(((w0 > 0) & (w0 < 1)).all()):
+                raise ValueError(f"task {task.name!r}: cost_learn_init needs {n} weights in "
+                                 f"(0, 1), got {w0.tolist()}")
+            self.w_logit = nn.Parameter(torch.logit(w0))
+            self.goal = nn.Parameter(torch.zeros(n, dtype=F64) if init is None else
+                                     torch.tensor(init.goal, dtype=F64))
 
     def weights(self) -> Tensor:
         """The learned tracking weights ``w`` (``sum w (z - g)^2``)."""

@@ -92,6 +92,8 @@ class Task:
     :ivar learn_init: a wrong initial model for learning experiments (DiffMPC's guesses)
     :ivar demo_cost: the imitation expert's cost where it differs from ``cost`` (a
         :class:`Tracking`; the cost learners need one)
+    :ivar cost_learn_init: the cost learners' initial guess (a :class:`Tracking`, weights in
+        ``(0, 1)``); ``None``: DiffMPC's (every weight 0.5, goal 0)
     :ivar unit_blocks: ``(start, stop, name)`` state blocks of unit norm (``cos``/``sin``
         pairs, quaternions): their observations lie in ``[-1, 1]``
     :ivar state_names: a short name per state coordinate (plots); default ``x[i]``
@@ -122,6 +124,7 @@ class Task:
     solver: Mapping[str, Any] = field(default_factory=lambda: {"max_iter": 15, "tol": 1e-6})
     learn_init: Mapping[str, float] | None = None
     demo_cost: Tracking | None = None
+    cost_learn_init: Tracking | None = None
     demo_horizon: int | None = None
     unit_blocks: tuple[tuple[int, int, str], ...] = ()
     state_names: tuple[str, ...] | None = None
