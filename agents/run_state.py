@@ -113,4 +113,5 @@ def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
                  nonphysical_frac=c["nonphys_steps"] / steps,
                  saved_bytes_per_step=c["saved_bytes"], train_time_per_step=c["t_train"] / steps,
                  steps=int(c["steps"]))
-    return dict(args=dict(state["key"]), history=hist, final=final, in_progress=True)
+    return dict(args=dict(state["key"]), history=hist, final=final, in_progress=True,
+                wall_time=c["t_train"] + c["t_eval"])

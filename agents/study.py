@@ -193,6 +193,10 @@ def _ms(vals: list[float]) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
+def _at(row: dict[str, Any]) -> str:
+    return f"{row['seeds']} seeds to epoch {row['epochs']}"
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- std over seeds per (env, n_train, learner), and the paper's claims."""
     groups: dict[tuple, list[dict]] = {}
@@ -216,14 +220,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for env, n, learner in by:
         if learner in ("dilqr.dx", "dilqr.cost") and (env, n, "nn") in by:
             d, nn_ = by[(env, n, learner)]["test_im"][0], by[(env, n, "nn")]["test_im"][0]
-            claims["nn_over_dilqr"].append(dict(env=env, n_train=n, learner=learner,
-                                                ratio=nn_ / d if d > 0 else math.inf))
+            claims["nn_over_dilqr"].append(dict(
+                env=env, n_train=n, learner=learner, ratio=nn_ / d if d > 0 else math.inf,
+                at=f"{_at(by[(env, n, learner)])}; nn {_at(by[(env, n, 'nn')])}"))
         if learner.startswith("dilqr.") and (env, n, learner.replace("dilqr", "diffmpc")) in by:
             d = by[(env, n, learner)]["model_loss"][0]
             m = by[(env, n, learner.replace("dilqr", "diffmpc"))]["model_loss"][0]
+            other = by[(env, n, learner.replace("dilqr", "diffmpc"))]
             claims["model_loss_reduction"].append(dict(
                 env=env, n_train=n, mode=learner.split(".")[1],
-                dilqr=d, diffmpc=m, reduction=(m - d) / m if m > 0 else math.nan))
+                dilqr=d, diffmpc=m, reduction=(m - d) / m if m > 0 else math.nan,
+                at=f"{_at(by[(env, n, learner)])}; diffmpc {_at(other)}"))
     for method in ("dilqr.dx", "diffmpc.dx"):
         for n in sorted({k[1] for k in by}):
             fs = [r["final"] for r in runs if r["args"]["learner"] == method
@@ -274,7 +281,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
               "**1. DiLQR's test imitation loss is orders of magnitude below the NN's** "
               "(ratio NN / DiLQR of the mean test loss):\n"]
     for x in c["nn_over_dilqr"]:
-        lines.append(f"- {x['env']} train={x['n_train']} {x['learner']}: {x['ratio']:.3g}x")
+        lines.append(f"- {x['env']} train={x['n_train']} {x['learner']}: {x['ratio']:.3g}x "
+                     f"({x['at']})")
     lines += ["\n**2. DiLQR's final model loss is ≥ 32 % (cost) and ≥ 41 % (dx) below "
               "DiffMPC's** (reduction = (DiffMPC − DiLQR) / DiffMPC of the mean):\n"]
     for x in c["model_loss_reduction"]:
@@ -282,7 +290,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         verdict = "holds" if x["reduction"] >= target else "does NOT hold"
         lines.append(f"- {x['env']} train={x['n_train']} {x['mode']}: DiLQR {x['dilqr']:.3e}, "
                      f"DiffMPC {x['diffmpc']:.3e}, reduction {100 * x['reduction']:.1f} % "
-                     f"({verdict}; paper ≥ {100 * target:.0f} %)")
+                     f"({verdict}; paper ≥ {100 * target:.0f} %; {x['at']})")
     lines += ["\n**3. Fewer non-physical parameter sets with DiLQR** (paper: 2.76 % vs 16.85 % "
               "at train=100, 7.23 % vs 17.82 % at train=50); runs ending with a parameter ≤ 0, "
               "and the mean fraction of optimizer steps after which one was:\n"]
