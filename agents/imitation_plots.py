@@ -59,14 +59,19 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
 
 
 def plot_study(result: dict[str, Any], path: Path) -> Path:
-    """Test imitation loss per learner; dx and cost model loss over epochs (mean ± std)."""
+    """Per env: test imitation loss per learner; dx and cost model loss over epochs (mean ±
+    std over seeds), and the identifiable loss where the task declares combinations."""
     plt = pyplot()
 
     runs = result["runs"]
     envs = sorted({r["args"]["env"] for r in runs})
     sizes = sorted({r["args"]["n_train"] for r in runs})
     learners = list(dict.fromkeys(r["args"]["learner"] for r in runs))
-    fig, axes = plt.subplots(len(envs), 3, figsize=(15, 4 * len(envs)), squeeze=False)
+    # a task with identifiable combinations (the pendulum) gets a 4th panel: their loss
+    ident = any(np.isfinite(e.get("ident_loss", math.nan)) for r in runs for e in r["history"])
+    panels = [("dx", "model_loss"), ("cost", "model_loss")] + [("dx", "ident_loss")] * ident
+    fig, axes = plt.subplots(len(envs), 1 + len(panels), figsize=(5 * (1 + len(panels)),
+                                                                  4 * len(envs)), squeeze=False)
     rows = {(r["env"], r["n_train"], r["learner"]): r for r in result["summary"]["rows"]}
     for i, env in enumerate(envs):
         ax = axes[i, 0]
@@ -80,7 +85,7 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
         ax.set_xticklabels(learners, rotation=30, fontsize=8)
         ax.set_title(f"{env}: test imitation loss")
         ax.legend(fontsize=8)
-        for k, mode in enumerate(("dx", "cost")):
+        for k, (mode, key) in enumerate(panels):
             ax = axes[i, 1 + k]
             for ln in learners:
                 if not ln.endswith(mode) and not (mode == "dx" and ln == "sysid"):
@@ -94,12 +99,15 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
                     if L == 0:
                         continue
                     ep = [e["epoch"] for e in hs[0][:L]]
-                    v = np.array([[e["model_loss"] for e in h[:L]] for h in hs])
+                    v = np.array([[e.get(key, math.nan) for e in h[:L]] for h in hs])
+                    if not np.isfinite(v).any():
+                        continue
                     mu, sd = v.mean(0), v.std(0)
                     line, = ax.semilogy(ep, mu, ls=["-", "--", ":"][j % 3], label=f"{ln} n={n}")
                     ax.fill_between(ep, np.maximum(mu - sd, 1e-12), mu + sd, alpha=0.15,
                                     color=line.get_color())
-            ax.set(title=f"{env}: {mode} model loss", xlabel="epoch")
+            what = "model loss" if key == "model_loss" else "identifiable loss"
+            ax.set(title=f"{env}: {mode} {what}", xlabel="epoch")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     return save_figure(fig, path, dpi=100)
