@@ -50,15 +50,17 @@ FORWARD_SCAN: bool | None = None
 def use_scan_forward(B: int, T: int, n: int, m: int, device: torch.device) -> bool:
     """Whether the forward Riccati pass runs as a scan (:func:`lqr_backward_scan`).
 
-    Measured on a 2-core CPU, one thread (benchmarks/long_horizon.py, forward sweep; the
-    numbers are in docs/solver.md): the pass's crossover is T* ~ 20 at B = 1 and ~ 40 at
-    B = 32 (n = 3), as for the implicit backward's solve (:func:`dilqr_rl.grad.use_scan`), whose
-    thresholds it shares. The same rule is used on other devices until measured there.
-    :data:`FORWARD_SCAN` overrides it."""
+    Measured on a 2-core CPU, one thread, under load (benchmarks/long_horizon.py, forward
+    sweep, pendulum size n = 3, m = 1; docs/solver.md): at B = 1 the pass alone is faster from
+    T = 20 (2.3x), a whole iteration from T = 50 (1.0x; 1.6x at T = 100, 2.4x at T = 1000);
+    at B = 32 the pass from T = 200 (1.3x; 1.6x at T = 500-2000), a whole iteration is within
+    +-20 % either way. The thresholds are those crossovers, by ``B n^2`` as for the implicit
+    backward (:func:`dilqr_rl.grad.use_scan`). The same rule is used on other devices until
+    measured there. :data:`FORWARD_SCAN` overrides it."""
     if FORWARD_SCAN is not None:
         return FORWARD_SCAN
     work = B * n * n
-    return (work <= 25 and T >= 20) or (work <= 300 and T >= 50)
+    return (work <= 25 and T >= 50) or (work <= 300 and T >= 200)
 
 
 def _costates_scan(Fx: Tensor, cx: Tensor, cT: Tensor) -> Tensor:
