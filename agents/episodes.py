@@ -10,13 +10,15 @@ import numpy as np
 __all__ = ["run_episodes"]
 
 
-def run_episodes(envs: Sequence[Any], seed: int, act: Callable[[np.ndarray], np.ndarray],
-                 trace: dict[str, Any] | None = None) -> list[float]:
+def run_episodes(envs: Sequence[Any], seed: int, act: Callable[..., np.ndarray],
+                 trace: dict[str, Any] | None = None, pass_live: bool = False) -> list[float]:
     """One episode per env (seeds ``seed, seed+1, ...``), stepped in lockstep: ``act`` maps
     the observations of all envs ``(E, obs_dim)`` to actions ``(E, act_dim)`` in one call (a
     DiLQR actor solves them as one batch); an env whose episode ended keeps its last
     observation and is not stepped. Returns the episode returns.
 
+    :param pass_live: call ``act(obs, live)`` instead, with ``live (E,)`` bool: the envs
+        whose episode is still running (stepped since the previous call)
     :param trace: if given, filled with ``"obs"`` (a list, per step, of ``(E, obs_dim)``
         observations, the first being the starts), ``"infos"`` (each env's last ``info``),
         ``"steps"`` (each env's episode length) and ``"frames"`` (env 0's rendered frames, if
@@ -31,7 +33,7 @@ def run_episodes(envs: Sequence[Any], seed: int, act: Callable[[np.ndarray], np.
     while live.any():
         if frames is not None and live[0]:
             frames.append(envs[0].render())
-        actions = act(obs)
+        actions = act(obs, live.copy()) if pass_live else act(obs)
         for i in np.flatnonzero(live):
             obs[i], r, term, trunc, infos[i] = envs[i].step(actions[i])
             rets[i] += float(r)
