@@ -40,6 +40,11 @@ class Args:
     nn_lr: float = arg(1e-3, "Adam learning rate of the network policies")
     alternate_every: int = arg(10, "cost learning: switch between goal and weights every this "
                               "many epochs")
+    cost_learn: str | None = arg(None, "cost learning: 'alternate' goal and weights every "
+                                 "--alternate-every epochs (DiffMPC), 'weights' only (the goal "
+                                 "stays at the task's initial guess), 'both' at once; none: the "
+                                 "task's choice (Task.cost_learn)",
+                                 ("alternate", "weights", "both"))
     max_iter: int = arg(200, "iLQR iteration cap of the learners' controller")
     tol: float = arg(1e-8, "iLQR relative step tolerance of the learners' controller")
     warm_start: bool = arg(True, "warm-start each trajectory's solve from its previous solution "
@@ -60,6 +65,9 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--env must be one of {ENVS}, got {args.env!r}")
     if args.learner not in LEARNERS:
         raise ValueError(f"--learner must be one of {LEARNERS}, got {args.learner!r}")
+    if args.cost_learn not in (None, "alternate", "weights", "both"):
+        raise ValueError(f"--cost-learn must be one of alternate, weights, both or none, got "
+                         f"{args.cost_learn!r}")
     check_fields(args, {"n_train": 1, "n_val": 1, "n_test": 1, "epochs": 1, "batch_size": 1,
                         "seed": 0, "data_seed": 0, "alternate_every": 1, "max_iter": 1,
                         "restart_warmstart_every": 0, "eval_every": 1},

@@ -12,7 +12,8 @@ learner          what is learned, and how the gradient is computed
 ``dilqr.dx``     the task's dynamics parameters (``task.param_names``, from
                  ``task.learn_init``), cost known; exact fixed-point gradient
 ``dilqr.cost``   cost weights (``sigmoid`` of a logit, as DiffMPC) and goal, dynamics known;
-                 goal and weights alternate every 10 epochs (goal first, as DiffMPC)
+                 goal and weights alternate every 10 epochs (goal first, as DiffMPC), or
+                 as ``Args.cost_learn`` / ``Task.cost_learn`` say (the rocket: weights only)
 ``diffmpc.dx``   as ``dilqr.dx`` with ``grad="last_lqr"`` (DiffMPC's gradient)
 ``diffmpc.cost`` as ``dilqr.cost`` with ``grad="last_lqr"``
 ``unroll.dx``    as ``dilqr.dx`` with ``grad="unroll"`` (autodiff through every iteration)
@@ -200,8 +201,11 @@ class MPCLearner(Learner):
     def before_step(self, epoch: int) -> None:
         if self.kind != "cost":
             return
+        what = self.args.cost_learn or self.task.cost_learn
+        if what == "both":
+            return
         # DiffMPC alternates p (goal) and q (weights), starting with p
-        learn_weights = (epoch // self.args.alternate_every) % 2 == 1
+        learn_weights = what == "weights" or (epoch // self.args.alternate_every) % 2 == 1
         frozen = self.goal if learn_weights else self.w_logit
         if frozen.grad is not None:
             frozen.grad.zero_()

@@ -29,7 +29,10 @@ from ..ilqr import ILQRConfig
 from ..layer import DiLQR
 from ..models import Dynamics
 
-__all__ = ["Task", "Tracking", "uniform"]
+__all__ = ["COST_LEARN", "Task", "Tracking", "uniform"]
+
+#: what a cost learner may learn (:attr:`Task.cost_learn`)
+COST_LEARN = ("alternate", "weights", "both")
 
 
 def uniform(gen: torch.Generator, n: int, lo: float, hi: float, *shape: int) -> Tensor:
@@ -94,6 +97,9 @@ class Task:
         :class:`Tracking`; the cost learners need one)
     :ivar cost_learn_init: the cost learners' initial guess (a :class:`Tracking`, weights in
         ``(0, 1)``); ``None``: DiffMPC's (every weight 0.5, goal 0)
+    :ivar cost_learn: what the cost learners learn unless told otherwise: ``"alternate"``
+        goal and weights in turn (DiffMPC), ``"weights"`` (the goal stays at
+        ``cost_learn_init``'s) or ``"both"`` at once
     :ivar unit_blocks: ``(start, stop, name)`` state blocks of unit norm (``cos``/``sin``
         pairs, quaternions): their observations lie in ``[-1, 1]``
     :ivar state_names: a short name per state coordinate (plots); default ``x[i]``
@@ -125,6 +131,7 @@ class Task:
     learn_init: Mapping[str, float] | None = None
     demo_cost: Tracking | None = None
     cost_learn_init: Tracking | None = None
+    cost_learn: str = "alternate"
     demo_horizon: int | None = None
     unit_blocks: tuple[tuple[int, int, str], ...] = ()
     state_names: tuple[str, ...] | None = None
@@ -179,6 +186,9 @@ class Task:
                              f"{self.model.n_state} state coordinates, got {names}")
         put("state_names", tuple(names))
         put("demo_horizon", self.horizon if self.demo_horizon is None else self.demo_horizon)
+        if self.cost_learn not in COST_LEARN:
+            raise ValueError(f"task {self.name!r}: cost_learn must be one of {COST_LEARN}, got "
+                             f"{self.cost_learn!r}")
         if not (isinstance(self.horizon, int) and self.horizon >= 1):
             raise ValueError(f"task {self.name!r}: horizon must be an int >= 1, got "
                              f"{self.horizon!r}")
