@@ -61,12 +61,19 @@ class Encoder(nn.Module):
     """``F`` stacked frames ``(B, F, S, S)`` in ``[0, 1]`` -> state ``(B, 3)``: stride-2
     convolutions (channels ``width, 2 width, 4 width, 4 width, ...``) down to 4x4, then two
     fully connected layers (the paper's encoder, smaller, without batch norm so that a
-    closed-loop step and a training batch compute the same function)."""
+    closed-loop step and a training batch compute the same function).
+
+    The convolutions see the ``F`` frames and their ``F - 1`` successive differences: the
+    model's semi-implicit Euler step makes ``thdot_t = (th_t - th_{t-1}) / dt`` exactly, and
+    the area a difference image sweeps is close to linear in that angle step, so the velocity
+    is read from the differences (with the frames alone, a small encoder trained for minutes
+    missed it by 0.4 rad/s on average, enough to drop every balance in closed loop).
+    """
 
     def __init__(self, frames: int = 4, size: int = 64, width: int = 8, hidden: int = 64):
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = frames
+        c_in = 2 * frames - 1
         for i in range(_levels(size)):
             c_out = width * min(2**i, 4)
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
@@ -84,7 +91,9 @@ class Encoder(nn.Module):
         if frames.dtype == torch.uint8:
             frames = frames.float() / 255.0
         w = self.head[1].weight
-        return normalize_state(self.head(self.conv(frames.to(w))))
+        frames = frames.to(w)
+        inp = torch.cat([frames, frames[:, 1:] - frames[:, :-1]], 1)
+        return normalize_state(self.head(self.conv(inp)))
 
 
 class Decoder(nn.Module):

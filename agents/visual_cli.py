@@ -54,10 +54,11 @@ class VisualArgs:
     batch: int = arg(32, "samples per training step")
     decode_steps: int = arg(6, "horizon steps decoded per training batch (step 0 + random)")
     lr: float = arg(2e-3, "Adam learning rate of the networks")
-    param_lr: float = arg(0.05, "RMSprop learning rate of the physical parameters")
+    param_lr: float = arg(0.03, "RMSprop learning rate of the physical parameters")
     w_imit: float = arg(1.0, "weight of the imitation loss (DiLQR)")
     w_pred: float = arg(1.0, "weight of the prediction loss")
-    w_state: float = arg(1.0, "weight of the encoder's state supervision (both models)")
+    w_state: float = arg(10.0, "weight of the encoder's state supervision (both models; at 1 "
+                         "the end-to-end gradient of a still wrong model drags the encoder off)")
     max_iter: int = arg(20, "iLQR iterations per solve")
     init_params: str = arg("g=12,m=1.2,l=0.8", "the DiLQR model's initial (wrong) physical "
                            "parameters, learned; 'learn_init': DiffMPC's guess (15, 3, 0.5)")
@@ -177,6 +178,9 @@ def _one_seed(a: VisualArgs, seed: int, train: VisualData, test: VisualData, sta
     strip["true"] = test.future(show[None], torch.arange(a.horizon + 1), a.size)[0].numpy()
     cl = rec["dilqr"].pop("closed_loop")
     cl["rate"] = float(np.mean(cl["success"])) if cl["success"] else math.nan
+    X = np.array(cl.pop("states", np.zeros((0, 0, 3))))
+    cl.pop("estimates", None)
+    cl["angles"] = np.round(np.arctan2(X[..., 1], X[..., 0]), 3).tolist()  # (steps, E)
     rec["closed_loop"] = cl
     return rec, strip
 
@@ -213,7 +217,9 @@ def run_visual(a: VisualArgs) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     rates = [r["closed_loop"]["rate"] for r in seeds]
     summary["closed_loop_rate_mean"] = float(np.mean(rates))
     summary["closed_loop_rate_std"] = float(np.std(rates))
-    report = {"args": asdict(a), "threads": torch.get_num_threads(),
+    task = dl.tasks.get("pendulum")
+    truth = {k: float(v) for k, v in task.combinations(task.theta()).items()}
+    report = {"args": asdict(a), "threads": torch.get_num_threads(), "identifiable_truth": truth,
               "train_samples": len(train), "test_samples": len(test), "data_wall_s": t_data,
               "seeds": seeds, "summary": summary, "wall_s": time.perf_counter() - t0}
     return report, strip
@@ -245,6 +251,12 @@ def print_summary(report: dict[str, Any]) -> None:
     for k in show:
         print(f"{k:>6} " + " ".join(f"{s[m]['mse_mean'][k]:>10.5f} +- {s[m]['mse_std'][k]:.5f}"
                                     for m in ("dilqr", "baseline")))
+    for r in report["seeds"]:
+        cl, d = r["closed_loop"], r["dilqr"]
+        print(f"seed {r['seed']}: closed loop {sum(cl['success'])}/{len(cl['success'])}, "
+              f"encoded angle / velocity error along it {cl.get('angle_err_rad', math.nan):.3f}"
+              f" rad / {cl.get('vel_err', math.nan):.2f} rad/s; learned " + ", ".join(
+                  f"{k} {v:.3g}" for k, v in d["identifiable"].items()))
     print(f"closed loop from pixels: {100 * s['closed_loop_rate_mean']:.0f} % +- "
           f"{100 * s['closed_loop_rate_std']:.0f} % success; train "
           f"{s['dilqr']['train_wall_s']:.0f} s (DiLQR) / {s['baseline']['train_wall_s']:.0f} s "

@@ -40,10 +40,10 @@ def plot_strip(rows: dict[str, np.ndarray], steps: list[int], path: str | Path,
 
 
 def plot_errors(report: dict[str, Any], path: str | Path) -> Path:
-    """Prediction error per horizon step (mean +- std over seeds) for both models, and the
-    closed-loop success from pixels per seed."""
+    """Prediction error per horizon step (mean +- std over seeds) for both models, the
+    closed-loop success from pixels per seed, and the first seed's closed-loop angles."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [2, 1, 1.4]})
     ax = axes[0]
     for kind in ("dilqr", "baseline"):
         s = report["summary"][kind]
@@ -63,4 +63,13 @@ def plot_errors(report: dict[str, Any], path: str | Path) -> Path:
     ax.set(xlabel="seed", ylabel="success (%)", ylim=(0, 105),
            title=f"closed loop from pixels, {starts} hanging starts")
     ax.grid(alpha=0.3, axis="y")
+    ax = axes[2]
+    cl = report["seeds"][0]["closed_loop"]
+    A = np.abs(np.array(cl.get("angles", [])))
+    for e in range(A.shape[1] if A.ndim == 2 else 0):
+        ax.plot(np.arange(A.shape[0]) * 0.05, A[:, e], lw=0.8,
+                color="C2" if cl["success"][e] else "C3")
+    ax.set(xlabel="time (s)", ylabel="|angle from upright| (rad)", ylim=(0, 3.3),
+           title=f"seed {report['seeds'][0]['seed']}: green success, red not")
+    ax.grid(alpha=0.3)
     return save_figure(fig, path, dpi=90)

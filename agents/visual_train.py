@@ -202,7 +202,9 @@ def closed_loop(model: VisualDiLQR, starts: Tensor, steps: int | None = None,
     first control. Success is the task's rule on the final true state.
 
     :param steps: episode length (default the task's ``episode_steps``)
-    :return: ``success`` (E bools), ``final`` states, ``wall_s``, ``s_per_step``
+    :return: ``success`` (E bools), ``final`` states, ``wall_s``, ``s_per_step``, the mean
+        error of the encoded angle (``angle_err_rad``) and velocity (``vel_err``) along the
+        episodes, and the true ``states`` and encoded ``estimates`` (``(steps, E, 3)`` lists)
     """
     import gymnasium as gym
 
@@ -217,17 +219,25 @@ def closed_loop(model: VisualDiLQR, starts: Tensor, steps: int | None = None,
            for i, (e, s) in enumerate(zip(envs, starts, strict=True))]
     infos: list[dict] = [{} for _ in envs]
     model.dilqr.reset()
+    est, true = [], []
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.UnconvergedWarning)  # capped replans: expected
         for _ in range(steps):
             x0 = model.encoder(torch.as_tensor(np.stack(obs)))
+            est.append(x0.double())
+            true.append(torch.as_tensor(np.stack([e.unwrapped.state for e in envs])))
             u = model.dilqr.act(x0.double())
             for i, e in enumerate(envs):
                 obs[i], _, _, _, infos[i] = e.step(e.unwrapped.control_to_action(u[i]))
     wall = time.perf_counter() - t0
+    X, Xh = torch.stack(true), torch.stack(est)  # (steps, E, 3)
+    d = torch.atan2(Xh[..., 1], Xh[..., 0]) - torch.atan2(X[..., 1], X[..., 0])
     final = np.stack([e.unwrapped.state for e in envs])
     ok = [bool(task.success(x, info)) for x, info in zip(final, infos, strict=True)]
     for e in envs:
         e.close()
-    return {"success": ok, "final": final.tolist(), "wall_s": wall, "s_per_step": wall / steps}
+    return {"success": ok, "final": final.tolist(), "wall_s": wall, "s_per_step": wall / steps,
+            "angle_err_rad": float(torch.atan2(d.sin(), d.cos()).abs().mean()),
+            "vel_err": float((Xh[..., 2] - X[..., 2]).abs().mean()),
+            "states": X.tolist(), "estimates": Xh.tolist()}
