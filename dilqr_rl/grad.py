@@ -81,9 +81,9 @@ def _adjoint_lqr(F, H, gz, CT, gT, x0, free):
 def _multipliers(d, free: Tensor) -> Tensor:
     """The costates ``lam (B, T+1, n)`` at the fixed point: by the open-loop recursion, or on
     long horizons (:func:`dilqr_rl.ilqr_newton.use_closed_loop`) as the value functions'
-    gradients of the Riccati pass with the held set ``free`` (equal at a fixed point; the
-    open-loop recursion amplifies rounding errors through unstable dynamics:
-    docs/solver.md, "Long horizons")."""
+    gradients of the Riccati pass with the held set ``free``: equal at a fixed point, and the
+    latter a recursion through the stable closed loop instead of the (unstable) open loop
+    (docs/solver.md, "Long horizons")."""
     if not use_closed_loop(d.F.shape[1]):
         return costates(d.F, d.c, d.cT)
     return riccati_pass(d.F, d.C, d.c, d.CT, d.cT, free=free, closed_loop=True).lam

@@ -124,8 +124,8 @@ def lqr_backward(F: Tensor, C: Tensor, c: Tensor, CT: Tensor, cT: Tensor, *,
         ``k``; a free control whose step leaves them is clamped there, its gain row zero (the
         closed-form box QP of box-DDP, Tassa et al. 2014, on top of the held set)
     :param closed_loop: the gradients of the closed loop instead of the open loop (for long
-        horizons through unstable dynamics, where the open-loop costate recursion amplifies
-        rounding errors without bound: docs/solver.md, "Long horizons"): ``gu_t = qu_t =
+        horizons through unstable dynamics, where the open-loop gradients grow like the open
+        loop over the remaining horizon: docs/solver.md, "Long horizons"): ``gu_t = qu_t =
         c_u + F_u^T v_{t+1}`` decides the held set, and the gains return ``gu = qu``,
         ``lam = v`` and ``Kg = K``; no costate recursion is run. Same result as the open-loop
         pass at a fixed point (``k = 0``), where both gradients agree
