@@ -13,6 +13,11 @@ ENVS = ("dilqr_rl/Pendulum-v0", "dilqr_rl/MujocoPendulum-v0", "dilqr_rl/CartPole
         "dilqr_rl/MujocoCartPole-v0", "dilqr_rl/Rocket-v0")
 METHODS = ("dilqr_ppo_sysid", "dilqr_ppo", "dilqr_sac_sysid", "dilqr_sac", "mlp_ppo",
            "mlp_sac")
+#: variants for the RL-loss-only study (``--methods``): PPO with the physical parameters' lr
+#: 0.01 instead of 0.1 (Adam takes ~lr-sized steps whatever the gradient's noise: 20 steps per
+#: rollout at 0.1 random-walk a parameter by ~2 when the estimate's sign flips, see
+#: benchmarks/rl_gradient_signal.py)
+VARIANTS = ("dilqr_ppo_lr10",)
 #: the model mismatch: every physical parameter off by this fraction (signs: SIGNS)
 MISMATCH = 0.4
 
@@ -65,7 +70,8 @@ def run_args(method: str, env: str, seed: int, opt: argparse.Namespace) -> dict[
     if method.startswith("dilqr_ppo"):
         # lr 0.1 for the physical parameters (O(1-10)); n_steps 512 with 10 epochs
         return dict(common, algo="ppo", n_steps=512, batch_size=256, n_epochs=10,
-                    learning_rate=1e-3, controller_lr_scale=100.0, gamma=0.9)
+                    learning_rate=1e-3, gamma=0.9,
+                    controller_lr_scale=10.0 if method.endswith("lr10") else 100.0)
     if method.startswith("dilqr_sac"):
         # one update every 4 env steps (each is a batched solve and its implicit backward),
         # lr 0.01 for the physical parameters
