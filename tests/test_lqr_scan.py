@@ -162,10 +162,14 @@ def test_predicted_change_is_the_exact_first_order_change(closed_loop, m):
 
 
 @pytest.mark.parametrize("task_name, T", [("pendulum", 40), ("cartpole", 30)])
-def test_ilqr_solve_same_solution_with_closed_loop_gradients(monkeypatch, task_name, T):
-    """Closed-loop gradients (used from CLOSED_LOOP_MIN_T on) reach the same certified
-    solutions as the open-loop ones on the horizons where both work."""
+@pytest.mark.parametrize("scan", [False, True])
+def test_ilqr_solve_same_solution_with_closed_loop_gradients(monkeypatch, task_name, T, scan):
+    """Closed-loop gradients (used from CLOSED_LOOP_MIN_T on), by the sequential pass or by
+    the scan, reach the same certified solutions as the open-loop ones on the horizons where
+    both work."""
     from dilqr_rl import ilqr_newton
+
+    monkeypatch.setattr(lqr_scan, "FORWARD_SCAN", scan)
 
     task = tasks.get(task_name)
     ctrl = task.controller(horizon=T)
