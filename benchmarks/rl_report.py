@@ -62,7 +62,8 @@ def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, flo
     mu, sd = curves.mean(0), curves.std(0)
     succ = [r.get("success") or [] for r in rs]
     rec: dict[str, Any] = {
-        "timesteps": t, "mean": mu.tolist(), "std": sd.tolist(),
+        "seeds": [r["seed"] for r in rs], "timesteps": t, "mean": mu.tolist(),
+        "std": sd.tolist(),
         "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
         "seed_steps_to_target": {str(r["seed"]): first_reach(r["timesteps"], r["mean"],
                                                             thr[str(r["seed"])]) for r in rs},
@@ -84,9 +85,15 @@ def seed_targets(er: dict[str, Any], methods: list[str], seeds: list[int],
     out: dict[str, Any] = {}
     for s in map(str, seeds):
         def best(pred, s=s):
-            got = [(er["methods"][m]["seed_steps_to_target"][s], m) for m in methods
-                   if pred(m) and er["methods"][m]["seed_steps_to_target"][s] is not None]
+            got = [(er["methods"][m]["seed_steps_to_target"].get(s), m) for m in methods
+                   if pred(m) and m in er["methods"]
+                   and er["methods"][m]["seed_steps_to_target"].get(s) is not None]
             return min(got) if got else (None, None)
+
+        ran = {m for m in methods if s in er["methods"].get(m, {}).get(
+            "seed_steps_to_target", {})}
+        if not any(map(is_dilqr, ran)) or all(map(is_dilqr, ran)):
+            continue  # a partial benchmark: this seed has no comparison yet
 
         d, dm = best(is_dilqr)
         M, mm = best(lambda m: not is_dilqr(m))
@@ -126,7 +133,8 @@ def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
                           "methods": {}}
     for m in opt.methods:
         rs = [r for r in runs if r["env"] == env and r["method"] == m]
-        er["methods"][m] = method_record(env, m, rs, thr)
+        if rs:  # a partial benchmark may lack methods
+            er["methods"][m] = method_record(env, m, rs, thr)
     er["targets"] = seed_targets(er, opt.methods, opt.seeds, opt.mlp_budget)
     return er
 
@@ -144,13 +152,13 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"  true model, fixed horizon (the SB3 actor's controller): {f['mean']:.1f} "
                   f"(success {f['success']})")
         print(f"  {'method':<16} {'final return':>18} {'success':>8} {'steps to target':>22} "
-              f"{'ms/step':>8}")
+              f"{'ms/step':>8}  seeds")
         for m, r in er["methods"].items():
             steps = ",".join(str(v) if v is not None else "-"
                              for v in r["seed_steps_to_target"].values())
             print(f"  {m:<16} {r['final_mean']:>9.1f} +- {r['final_std']:>6.1f} "
                   f"{r.get('final_success', float('nan')):>8.2f} {steps:>22} "
-                  f"{1e3 * r['train_s_per_step']:>8.1f}")
+                  f"{1e3 * r['train_s_per_step']:>8.1f}  {r['seeds']}")
             if "param_error_start" in r:
                 ident = (f"; identifiable {r['identifiable_error_start']:.3f} -> "
                          f"{r['identifiable_error_end']:.3f}"

@@ -89,6 +89,15 @@ def _one(job: tuple[str, str, int, dict[str, Any], bool]) -> dict[str, Any]:
     return res
 
 
+def _finished(kw: dict[str, Any]) -> bool:
+    """Whether the run of ``kw`` finished (its cached result has the same arguments)."""
+    cache = os.path.join(kw["out_dir"], kw["run_name"], "result.json")
+    if not os.path.exists(cache):
+        return False
+    with open(cache) as f:
+        return json.load(f).get("kw") == kw
+
+
 def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
          ) -> dict[str, Any]:
     """Returns and success of closed-loop MPC with the given model on the evaluation starts of
@@ -103,6 +112,13 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
     from dilqr_rl.agents.rl import episode_success
 
     env_id, which, params, fixed, seed, opt = job
+    cache = os.path.join(opt.work_dir, "mpc", f"{env_id.split('/')[-1]}_{which}_s{seed}.json")
+    key = {"params": params, "eval_episodes": opt.eval_episodes, "max_iter": opt.max_iter}
+    if os.path.exists(cache):
+        with open(cache) as f:
+            res = json.load(f)
+        if res.get("key") == key:
+            return res
     task = tasks.for_env(env_id)
     if fixed:
         task = dataclasses.replace(task, shrink_horizon=False)
@@ -112,9 +128,13 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
     t0 = time.perf_counter()
     rets = mpc_episodes(envs, policy, 10_000 + seed, trace)
     ok = episode_success(envs, trace["infos"])
-    return {"env": env_id, "which": which, "seed": seed, "params": params,
-            "returns": rets, "success": ok,
-            "s_per_step": (time.perf_counter() - t0) / max(max(trace["steps"]), 1)}
+    res = {"env": env_id, "which": which, "seed": seed, "params": params, "key": key,
+           "returns": rets, "success": ok,
+           "s_per_step": (time.perf_counter() - t0) / max(max(trace["steps"]), 1)}
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(res, f)
+    return res
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,6 +156,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="reuse the result.json of finished runs with the same arguments "
                         "(re-aggregate without retraining; resume a killed benchmark)")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: report the finished runs of the grid found in --work-dir "
+                        "(a partial benchmark: methods with fewer seeds say so)")
     p.add_argument("--work-dir", default=os.path.join("runs", "rl_sample_efficiency"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "rl_sample_efficiency"))
     return p.parse_args(argv)
@@ -146,6 +169,8 @@ def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[st
     # seed by seed, so that a benchmark stopped early has whole comparisons for its first seeds
     jobs = [(m, e, s, run_args(m, e, s, opt), opt.reuse) for s in opt.seeds
             for e in opt.envs for m in opt.methods]
+    if opt.report_only:  # finished runs only; the MPC references are computed if missing
+        jobs = [(m, e, s, kw, True) for m, e, s, kw, _ in jobs if _finished(kw)]
     mpc_jobs = []
     for e in opt.envs:
         refs = [("true", true_params(e), False), ("wrong", wrong_params(e), False)]
@@ -178,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": opt.seeds, "eval_freq": opt.eval_freq, "eval_episodes": opt.eval_episodes,
         "max_iter": opt.max_iter, "threads": 1, "workers": opt.workers,
         "wrong_params": {e: wrong_params(e) for e in opt.envs},
-        "envs": {**previous, **{e: env_report(e, opt, runs, mpc_out) for e in opt.envs}}}
+        "envs": {**previous, **{e: env_report(e, opt, runs, mpc_out) for e in opt.envs
+                                if any(r["env"] == e for r in runs)}}}
     report["wall_s"] = time.perf_counter() - t_start
+    if not report["envs"]:
+        print("no finished runs yet (MPC references computed and cached)")
+        return 0
     os.makedirs(os.path.dirname(opt.out), exist_ok=True)
     with open(opt.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
