@@ -139,15 +139,15 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=int, default=2048, help="env steps per DiLQR run")
+    p.add_argument("--budget", type=int, default=1024, help="env steps per DiLQR run")
     p.add_argument("--rocket-budget", type=int, default=1024,
                    help="env steps per DiLQR run on the rocket")
-    p.add_argument("--mlp-budget", type=int, default=20_480,
+    p.add_argument("--mlp-budget", type=int, default=10_240,
                    help="env steps per MLP-baseline run (larger, to see where they get)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--eval-freq", type=int, default=512)
+    p.add_argument("--eval-freq", type=int, default=256)
     p.add_argument("--eval-episodes", type=int, default=2)
     p.add_argument("--max-iter", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
