@@ -11,6 +11,10 @@ iLQR iterations (the projected Newton step, docs/solver.md) with ``O(log T)`` se
    :mod:`dilqr_rl.scan` (Särkkä & García-Fernández, IEEE TAC 2023);
 3. every step's ``Quu``, its Cholesky factor and the gains from ``S_{t+1}`` at once.
 
+With the closed loop's gradients (long horizons, ``closed_loop=True``; docs/solver.md) the held
+set depends on the value functions instead of the costates: it is guessed, solved, recomputed
+from the pass's ``qu`` until it reproduces itself (the sequential pass's held set then).
+
 **Regularization.** The scan solves the *proximal* problem: ``C_uu + mu I`` in place of
 ``C_uu``, i.e. the LQ model plus ``1/2 mu |du|^2``, which is the value
 :meth:`dilqr_rl.qp.LQModel.value` measures. The sequential pass keeps Tassa et al.'s (2012)
@@ -24,7 +28,8 @@ the proximal problem, and ``ilqr_solve`` with the scan on and off).
 **Where it applies.** A sample whose regularized free ``Quu`` is not positive definite at some
 step (the sequential pass then takes no step there and goes on), or whose step leaves the box of
 the ``m = 1`` closed-form clamp (``box_lower`` / ``box_upper``: the clamp changes the earlier
-value functions), or whose scan is not finite, is redone by the sequential pass.
+value functions), or whose held set did not settle (closed loop), or whose scan is not finite,
+is redone by the sequential pass.
 :func:`riccati_pass` does that, for the samples concerned only.
 
 **The rule.** :func:`use_scan_forward` picks the scan from ``(B, T, n, m, device)``; its
