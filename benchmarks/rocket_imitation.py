@@ -122,7 +122,9 @@ def plot(results: list[dict], path: Path) -> None:
         ep = [h["epoch"] + 1 for h in r["history"]]
         axes[0].semilogy(ep, [h["test_im"] for h in r["history"]], label=f"dilqr.{r['mode']}")
         ax = axes[1] if r["mode"] == "dx" else axes[2]
-        keys = [k for k in r["history"][0]["errors"] if k != "scale"]
+        # leave out what never moved (the goal when only the weights are learned)
+        keys = [k for k in r["history"][0]["errors"] if k != "scale"
+                and any(h["errors"][k] != r["history"][0]["errors"][k] for h in r["history"])]
         if r["mode"] == "dx":
             keys = [k for k in keys if k.startswith("ident")] + ["Jx", "l"]
         for k in keys:
@@ -133,7 +135,7 @@ def plot(results: list[dict], path: Path) -> None:
     axes[0].set(title="test imitation loss", xlabel="epoch")
     axes[0].legend()
     axes[1].set_title("dx: relative error (solid: identifiable)")
-    axes[2].set_title("cost: weight rel. err (scale-free), goal abs. err (dashed)")
+    axes[2].set_title("cost: weight rel. err, common scale (goal: abs., dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
