@@ -14,11 +14,17 @@ plans can determine:
   torque and the true ``Jy = Jz`` couples no rate into it: ``w_x`` is the same in every
   plan); the goal per block as an absolute error.
 
+``--sensitivity`` instead measures how much the expert plans change when a block of the true
+weights is scaled (the imitation loss of the re-solved plans against the expert's): what the
+plans can tell apart at all.
+
 Usage::
 
     python benchmarks/rocket_imitation.py [--quick] [--epochs-dx 220] [--epochs-cost 220]
+    python benchmarks/rocket_imitation.py --sensitivity
 
-Writes ``benchmarks/results/rocket_imitation.json`` and ``.png`` (1 thread).
+Writes ``benchmarks/results/rocket_imitation.json`` and ``.png``, or
+``rocket_imitation_sensitivity.json`` (1 thread).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from general_models_report import code_version, finite_json  # noqa: E402
 
-from agents.data import make_expert_data  # noqa: E402
+from agents.data import demo_controller, make_expert_data  # noqa: E402
 from agents.imitation_args import Args  # noqa: E402
 from agents.learners import make_learner  # noqa: E402
 from agents.training import train  # noqa: E402
@@ -72,6 +78,29 @@ def cost_errors(learned: list[float], truth: list[float]) -> dict[str, float]:
     for k, idx in BLOCKS.items():
         out[f"w_{k}"] = float((s * w[idx] / wt[idx] - 1).abs().max())
         out[f"goal_{k}"] = float((g[idx] - gt[idx]).abs().max())
+    return out
+
+
+#: (name, weight indices, factor) of the sensitivity check
+PERTURB = [("r x1.1", [0, 1, 2], 1.1), ("v x1.1", [3, 4, 5], 1.1), ("T x1.1", [13, 14, 15], 1.1),
+           ("wy, wz x1.3", [11, 12], 1.3), ("wx x2", [10], 2.0), ("q0 x0.5", [6], 0.5),
+           ("q1 x2", [7], 2.0), ("q2, q3 x0.6", [8, 9], 0.6), ("q x0.6", [6, 7, 8, 9], 0.6)]
+
+
+def sensitivity(data, n_train: int) -> dict[str, float]:
+    """Imitation loss of the plans re-solved (warm-started from the expert's) with one block
+    of the true weights scaled, against the expert's plans."""
+    x, u = data.split("train", n_train)
+    ctrl = demo_controller("rocket", 100.0, max_iter=500, tol=1e-10)
+    out = {}
+    for name, idx, f in [("truth", [], 1.0), *PERTURB]:
+        w = data.weights.clone()
+        w[idx] *= f
+        with torch.no_grad():
+            sol = ctrl(x[:, 0], u_init=u.clone(), weights=2 * w, goal=data.goal,
+                       terminal_weights=2 * w[:13])
+        out[name] = float((sol.u - u).pow(2).mean())
+        print(f"  {name:>12}: imitation loss {out[name]:.2e}", flush=True)
     return out
 
 
@@ -151,18 +180,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-final", type=float, default=0.002)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", nargs="+", default=["dx", "cost"], choices=["dx", "cost"])
+    p.add_argument("--sensitivity", action="store_true",
+                   help="only the plans' sensitivity to each block of weights")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     load0 = os.getloadavg()
     data = make_expert_data("rocket", a.n_train, 5, 5, seed=a.seed, u_bound=100.0)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.sensitivity:
+        res = dict(meta=dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+                             n_train=a.n_train, seed=a.seed, **code_version()),
+                   imitation_loss=sensitivity(data, a.n_train))
+        (out / "rocket_imitation_sensitivity.json").write_text(json.dumps(res, indent=1))
+        return
     epochs = {"dx": 20 if a.quick else a.epochs_dx, "cost": 20 if a.quick else a.epochs_cost}
     results = [run(m, epochs[m], data, a) for m in a.modes]
     meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                 torch=torch.__version__, threads=1, args=vars(a), load_average_at_start=load0,
                 load_average_at_end=os.getloadavg(), **code_version())
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "rocket_imitation.json").write_text(json.dumps(
         finite_json(dict(meta=meta, results=results)), indent=1))
     plot(results, out / "rocket_imitation.png")
