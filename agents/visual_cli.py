@@ -40,9 +40,9 @@ class VisualArgs:
     seeds: int = arg(1, "training seeds (each trains both models)")
     seed: int = arg(0, "the first training seed")
     data_seed: int = arg(1000, "seed of the expert data (the same for every training seed)")
-    episodes: int = arg(12, "expert closed-loop episodes (training and test)")
-    test_episodes: int = arg(3, "of which held out for the prediction error")
-    episode_steps: int = arg(50, "steps per expert episode (each step is a sample)")
+    episodes: int = arg(8, "expert closed-loop episodes (training and test)")
+    test_episodes: int = arg(2, "of which held out for the prediction error")
+    episode_steps: int = arg(40, "steps per expert episode (each step is a sample)")
     noise: float = arg(0.5, "std of the noise on the expert's applied torque")
     horizon: int = arg(20, "planning / prediction horizon T")
     size: int = arg(32, "image side (pixels, a power of two)")
@@ -64,7 +64,7 @@ class VisualArgs:
                            "parameters, learned; 'learn_init': DiffMPC's guess (15, 3, 0.5)")
     eval_samples: int = arg(64, "held-out samples scored for the prediction error")
     closed_loop: int = arg(4, "closed-loop episodes from pixels (hanging, perturbed starts)")
-    closed_loop_steps: int | None = arg(None, "their length (default the task's)")
+    closed_loop_steps: int | None = arg(100, "their length (none: the task's, 200)")
     out: str = arg("runs/visual", "output folder (JSON, PNG)")
     progress: bool = arg(True, "progress bar")
 
@@ -73,9 +73,11 @@ def _check(a: VisualArgs) -> None:
     check_fields(a, {"seeds": 1, "seed": 0, "data_seed": 0, "episodes": 2, "test_episodes": 1,
                      "episode_steps": 1, "horizon": 1, "size": 8, "frames": 1, "width": 1,
                      "hidden": 1, "pretrain_steps": 0, "steps": 0, "batch": 1,
-                     "decode_steps": 1, "max_iter": 1, "eval_samples": 1, "closed_loop": 0,
-                     "closed_loop_steps": 1},
+                     "decode_steps": 1, "max_iter": 1, "eval_samples": 1, "closed_loop": 0},
                  positive=("lr", "param_lr"), nonneg=("noise", "w_imit", "w_pred", "w_state"))
+    n = a.closed_loop_steps
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"--closed-loop-steps must be an integer >= 1 or none, got {n!r}")
     if a.test_episodes >= a.episodes:
         raise ValueError(f"--test-episodes must be below --episodes ({a.episodes}), got "
                          f"{a.test_episodes}")

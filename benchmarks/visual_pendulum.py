@@ -27,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: the benchmark's settings (the command's defaults are a quick run)
 FULL = dict(seeds=3, episodes=32, test_episodes=6, episode_steps=60, size=64,
-            pretrain_steps=400, steps=150, batch=32, eval_samples=256, closed_loop=20)
+            pretrain_steps=400, steps=150, batch=32, eval_samples=256, closed_loop=20,
+            closed_loop_steps=None)
 
 
 def main(argv: list[str] | None = None) -> dict:

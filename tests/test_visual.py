@@ -207,7 +207,8 @@ def test_visual_command_rejects_bad_flags(capsys):
 
     for bad, flag in ((["--test-episodes", "5", "--episodes", "5"], "--test-episodes"),
                       (["--size", "24"], "--size"), (["--init-params", "q=1"], "--init-params"),
-                      (["--lr", "0"], "--lr")):
+                      (["--lr", "0"], "--lr"), (["--closed-loop-steps", "0"],
+                                                 "--closed-loop-steps")):
         with pytest.raises(SystemExit) as e:
             main(["visual", *bad])
         assert e.value.code == 2
