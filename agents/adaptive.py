@@ -13,18 +13,19 @@ sees of it.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 import dilqr_rl as dl
 
+from .mpc import MPCPolicy
+
 __all__ = ["AdaptiveMPC"]
 
 
-class AdaptiveMPC:
-    """A batch of adaptive MPC controllers (see the module docstring).
+class AdaptiveMPC(MPCPolicy):
+    """A batch of adaptive MPC controllers (see the module docstring); the replans are
+    :meth:`MPCPolicy.plan` with per-sample parameters.
 
     :param task: the task (controller, horizon rule, control box)
     :param model_params: the nominal model (default the task's parameters), where each
@@ -49,17 +50,13 @@ class AdaptiveMPC:
         if not task.model.positive_params:
             raise ValueError(f"AdaptiveMPC fits log-parameters: the {task.name} model's "
                              "parameters must be positive (positive_params)")
-        self.task, self.horizon = task, horizon or task.horizon
         self.nominal = {**task.params, **(model_params or {})}
         unknown = set(self.nominal) - set(task.params)
         if unknown:
             raise ValueError(f"model_params: {sorted(unknown)} are not parameters of "
                              f"{task.name} ({list(task.params)})")
         self.refit_every, self.fit_steps, self.lr = refit_every, fit_steps, float(lr)
-        self.config = task.config(max_iter=max_iter, on_unconverged="detach")
-        self._ctrls: dict[int, dl.DiLQR] = {}
-        self.theta: Tensor | None = None
-        self.reset()
+        super().__init__(task, horizon, None, max_iter)
 
     def reset(self, theta: Tensor | None = None) -> None:
         """New episodes: every model back to the nominal one (or to ``theta (B, p)``, e.g. each
@@ -67,15 +64,11 @@ class AdaptiveMPC:
         if theta is not None and (theta.dim() != 2 or theta.shape[1] != len(self.nominal)):
             raise ValueError(f"theta must be (B, {len(self.nominal)}), got "
                              f"{tuple(theta.shape)}")
-        self.step, self.theta, self._warm = 0, theta, None
+        super().reset()
+        self.theta = theta
         self._xs: list[Tensor] = []
         self._us: list[Tensor] = []
         self._live: list[Tensor] = []
-
-    def _controller(self, horizon: int) -> dl.DiLQR:
-        if horizon not in self._ctrls:
-            self._ctrls[horizon] = self.task.controller(horizon, config=self.config)
-        return self._ctrls[horizon]
 
     def params(self) -> list[dict[str, float]]:
         """The current model of each env of the batch."""
@@ -97,23 +90,14 @@ class AdaptiveMPC:
             self._fit()
         self._live.append(torch.ones(B, dtype=torch.bool) if live is None
                           else torch.as_tensor(live, dtype=torch.bool))
-        H = self.task.horizon_at(self.step, self.horizon)
-        warm = self._warm
-        if warm is not None:  # the shifted plan, cut or padded to this step's horizon
-            warm = warm[:, :H] if warm.shape[1] >= H else torch.cat(
-                [warm, warm[:, -1:].expand(-1, H - warm.shape[1], -1)], 1)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", dl.UnconvergedWarning)
-            sol = self._controller(H)(x0, params=self.theta, u_init=warm)
-        self._warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], 1)
-        self._us.append(sol.u[:, 0])
-        self.step += 1
-        return sol.u[:, 0]
+        u0 = self.plan(x0, self.theta)
+        self._us.append(u0)
+        return u0
 
     def _fit(self) -> None:
         """Adam on ``log theta_b`` against the one-step errors of each env's episode so far
         (per-coordinate scale: the std of ``x' - x`` over the batch, as system id does)."""
-        dyn = self._controller(self.horizon).dynamics
+        dyn = self.controller(self.horizon).dynamics
         x = torch.stack(self._xs[:-1], 1)  # (B, k, n)
         y = torch.stack(self._xs[1:], 1)
         u = torch.stack(self._us[: x.shape[1]], 1)

@@ -65,6 +65,11 @@ class MPCPolicy:
 
     def __call__(self, x0: Tensor) -> Tensor:
         """The first controls ``(B, m)`` of the plans from the true states ``x0 (B, n)``."""
+        return self.plan(x0)
+
+    def plan(self, x0: Tensor, params: Tensor | None = None) -> Tensor:
+        """One replan from ``x0 (B, n)`` (with per-sample model parameters ``params (B, p)``
+        if given): the first controls ``(B, m)``; the plan is kept as the next warm start."""
         H = self.task.horizon_at(self.step, self.horizon)
         warm = self._warm
         if warm is not None:  # the shifted plan, cut or padded to this step's horizon
@@ -72,7 +77,7 @@ class MPCPolicy:
                 [warm, warm[:, -1:].expand(-1, H - warm.shape[1], -1)], 1)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", dl.UnconvergedWarning)  # capped replans: expected
-            sol = self.controller(H)(x0, u_init=warm)
+            sol = self.controller(H)(x0, params=params, u_init=warm)
         self._warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], 1)
         self.iterations.append(float(sol.iterations.double().mean()))
         self.step += 1
