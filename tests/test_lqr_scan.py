@@ -96,20 +96,19 @@ def test_riccati_pass_redoes_inapplicable_samples_sequentially(monkeypatch):
         assert torch.equal(getattr(got, name)[:1], getattr(scan, name)[:1]), name
 
 
-@pytest.mark.parametrize("task_name, T", [("pendulum", 40), ("cartpole", 30)])
-def test_ilqr_solve_same_solution_with_scan_on_and_off(monkeypatch, task_name, T):
-    """Same certified solutions (both converged, same controls to 1e-6, same cost to 1e-9
-    relative) with every forward Riccati pass a scan and with none."""
+def _same_solution_both_ways(monkeypatch, task_name: str, T: int, seed: int, module,
+                             flag: str) -> None:
+    """Solve 4 problems of the task with ``module.flag`` off and on: both certified, same
+    controls to 1e-6 and same cost to 1e-9 relative."""
     task = tasks.get(task_name)
     ctrl = task.controller(horizon=T)
-    g = torch.Generator().manual_seed(3)
-    x0 = task.sample_demo_start(g, 4).to(F64)
-    theta, P = ctrl._params(4, x0, None, {})
-    lo, hi = ctrl._bounds(4, F64, x0.device)
+    x0 = task.sample_demo_start(torch.Generator().manual_seed(seed), 4).to(F64)
     out = {}
-    for on in (False, True):
-        monkeypatch.setattr(lqr_scan, "FORWARD_SCAN", on)
-        with torch.no_grad():
+    with torch.no_grad():
+        theta, P = ctrl._params(4, x0, None, {})
+        lo, hi = ctrl._bounds(4, F64, x0.device)
+        for on in (False, True):
+            monkeypatch.setattr(module, flag, on)
             out[on] = ilqr_solve(ctrl.dynamics, ctrl.cost, x0, theta, P,
                                  torch.zeros(4, T, task.n_ctrl, dtype=F64), lo, hi,
                                  ILQRConfig(max_iter=200))
@@ -117,6 +116,12 @@ def test_ilqr_solve_same_solution_with_scan_on_and_off(monkeypatch, task_name, T
     assert bool(a.converged.all()) and bool(b.converged.all())
     assert float((a.u - b.u).abs().max()) <= 1e-6
     assert float(((a.cost - b.cost) / a.cost.abs()).abs().max()) <= 1e-9
+
+
+@pytest.mark.parametrize("task_name, T", [("pendulum", 40), ("cartpole", 30)])
+def test_ilqr_solve_same_solution_with_scan_on_and_off(monkeypatch, task_name, T):
+    """Same certified solutions with every forward Riccati pass a scan and with none."""
+    _same_solution_both_ways(monkeypatch, task_name, T, 3, lqr_scan, "FORWARD_SCAN")
 
 
 # -------------------------------------------------------------- closed-loop gradients (long T)
@@ -170,23 +175,7 @@ def test_ilqr_solve_same_solution_with_closed_loop_gradients(monkeypatch, task_n
     from dilqr_rl import ilqr_newton
 
     monkeypatch.setattr(lqr_scan, "FORWARD_SCAN", scan)
-
-    task = tasks.get(task_name)
-    ctrl = task.controller(horizon=T)
-    x0 = task.sample_demo_start(torch.Generator().manual_seed(5), 4).to(F64)
-    out = {}
-    with torch.no_grad():
-        theta, P = ctrl._params(4, x0, None, {})
-        lo, hi = ctrl._bounds(4, F64, x0.device)
-        for on in (False, True):
-            monkeypatch.setattr(ilqr_newton, "CLOSED_LOOP", on)
-            out[on] = ilqr_solve(ctrl.dynamics, ctrl.cost, x0, theta, P,
-                                 torch.zeros(4, T, task.n_ctrl, dtype=F64), lo, hi,
-                                 ILQRConfig(max_iter=200))
-    a, b = out[False], out[True]
-    assert bool(a.converged.all()) and bool(b.converged.all())
-    assert float((a.u - b.u).abs().max()) <= 1e-6
-    assert float(((a.cost - b.cost) / a.cost.abs()).abs().max()) <= 1e-9
+    _same_solution_both_ways(monkeypatch, task_name, T, 5, ilqr_newton, "CLOSED_LOOP")
 
 
 @pytest.mark.parametrize("B", [3, 70])  # batch-major and batch-last scalar paths
