@@ -189,7 +189,9 @@ def plot(report: dict[str, Any], path: str) -> None:
             ax = axes[row, col]
             for i, (m, r) in enumerate(er["methods"].items()):
                 t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
-                ax.plot(t, mu, "o-" if is_dilqr(m) else "-", ms=3, color=f"C{i}", label=m)
+                seeds = r.get("seeds", report["seeds"])
+                ax.plot(t, mu, "o-" if is_dilqr(m) else "-", ms=3, color=f"C{i}",
+                        label=f"{m} (seeds {','.join(map(str, seeds))})")
                 ax.fill_between(t, mu - sd, mu + sd, alpha=0.12, color=f"C{i}")
             ax.axhline(refs[0], color="k", ls="--", label="MPC, true model")
             ax.axhline(refs[2], color="k", ls=":", label="within 10 % (target)")
@@ -198,11 +200,12 @@ def plot(report: dict[str, Any], path: str) -> None:
                 ax.axhline(er["mpc_true_fixed_horizon"]["mean"], color="g", ls="-.", lw=0.8,
                            label="MPC, true model, fixed horizon")
             ax.set_xscale("symlog", linthresh=256)
+            ax.set_xlim(left=0)
             ax.set_xlabel("env steps")
             ax.set_ylabel("deterministic return")
             ax.grid(alpha=0.3)
             if row == 0:
-                ax.set_title(f"{env.split('/')[-1]} ({len(report['seeds'])} seeds)")
+                ax.set_title(f"{env.split('/')[-1]}: mean +- std over each method's seeds")
             else:
                 lo, hi = min(refs), max(refs)
                 pad = 0.25 * (hi - lo)
