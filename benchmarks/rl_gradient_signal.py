@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     G = np.array([r["grad"] for r in rolls])
     cos = [float(g @ fd / (np.linalg.norm(g) * np.linalg.norm(fd) + 1e-300)) for g in G]
     report = {
-        "env": ENV, "wrong": WRONG, "truth": truth, "threads": 1, "opt": vars(opt),
+        "env": ENV, "wrong": WRONG, "truth": truth, "threads": 1,
+        "opt": {**vars(opt), "out": os.path.relpath(opt.out)},  # no machine paths
         "alphas": alphas.tolist(), "landscape": landscape,
         "dJ_dtheta_fd": dict(zip(names, fd.tolist(), strict=True)),
         "toward_truth_cos": float(fd @ (th1 - th0) / (np.linalg.norm(fd)
