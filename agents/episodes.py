@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_episodes"]
+__all__ = ["episode_success", "run_episodes"]
 
 
 def run_episodes(envs: Sequence[Any], seed: int, act: Callable[..., np.ndarray],
@@ -45,3 +45,18 @@ def run_episodes(envs: Sequence[Any], seed: int, act: Callable[..., np.ndarray],
     if trace is not None:
         trace.update(obs=history, infos=infos, steps=steps.tolist(), frames=frames)
     return [float(r) for r in rets]
+
+
+def episode_success(envs: list[Any], infos: list[dict[str, Any]]) -> list[bool] | None:
+    """The task's ``success`` verdict on each finished episode of ``envs`` (their last
+    ``infos``), or ``None`` where the env is not a task's or the task declares no rule."""
+    from dilqr_rl import tasks
+
+    try:
+        task = tasks.for_env(envs[0].spec.id)
+    except (ValueError, AttributeError):
+        return None
+    if task.success is None:
+        return None
+    return [bool(task.success(e.unwrapped.state, info)) for e, info in zip(envs, infos,
+                                                                            strict=True)]

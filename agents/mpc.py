@@ -26,7 +26,7 @@ from torch import Tensor
 import dilqr_rl as dl
 
 from .cliargs import dataclass_parser, parse
-from .episodes import run_episodes
+from .episodes import episode_success, run_episodes
 from .fields import arg, check_fields
 from .plotting import pyplot, save_figure
 
@@ -121,9 +121,7 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
     t0 = time.perf_counter()
     rets = mpc_episodes(envs, policy, seed, trace)
     wall = time.perf_counter() - t0
-    finals = [e.unwrapped.state for e in envs]
-    ok = [bool(task.success(x, info)) if task.success else math.nan
-          for x, info in zip(finals, trace["infos"], strict=True)]
+    ok = episode_success(envs, trace["infos"]) or [math.nan] * len(envs)
     for e in envs:
         e.close()
     infos = [{k: v for k, v in info.items() if isinstance(v, (bool, int, float))}

@@ -52,7 +52,7 @@ from .checkpoints import (
     write_manifest,
     write_text,
 )
-from .episodes import run_episodes
+from .episodes import episode_success, run_episodes
 from .plotting import pyplot, save_figure
 from .rl_args import ALGOS, TrainArgs, parse_args, parse_kv
 from .rl_reference import identifiable, reference_returns, true_params
@@ -126,21 +126,6 @@ def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0,
     if actor is not None:
         actor.reset()
     return rets
-
-
-def episode_success(envs: list[Any], infos: list[dict[str, Any]]) -> list[bool] | None:
-    """The task's ``success`` verdict on each finished episode of ``envs`` (their last
-    ``infos``), or ``None`` where the env is not a task's or the task declares no rule."""
-    from dilqr_rl import tasks
-
-    try:
-        task = tasks.for_env(envs[0].spec.id)
-    except (ValueError, AttributeError):
-        return None
-    if task.success is None:
-        return None
-    return [bool(task.success(e.unwrapped.state, info)) for e, info in zip(envs, infos,
-                                                                            strict=True)]
 
 
 def _actor(model: Any) -> Any:

@@ -58,7 +58,7 @@ def _envs(env: str, draws: list[dict[str, float]]) -> list[Any]:
 
 def _outcome(envs: list[Any], rets: list[float], trace: dict[str, Any], wall: float
              ) -> dict[str, Any]:
-    from dilqr_rl.agents.rl import episode_success
+    from dilqr_rl.agents.episodes import episode_success
 
     return {"returns": rets, "success": episode_success(envs, trace["infos"]),
             "act_s_per_step": wall / max(max(trace["steps"]), 1)}

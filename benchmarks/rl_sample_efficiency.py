@@ -108,8 +108,8 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
     torch.set_num_threads(1)
     import dilqr_rl.envs  # noqa: F401  (registers the ids)
     from dilqr_rl import tasks
+    from dilqr_rl.agents.episodes import episode_success
     from dilqr_rl.agents.mpc import MPCPolicy, mpc_episodes
-    from dilqr_rl.agents.rl import episode_success
 
     env_id, which, params, fixed, seed, opt = job
     cache = os.path.join(opt.work_dir, "mpc", f"{env_id.split('/')[-1]}_{which}_s{seed}.json")
