@@ -68,11 +68,9 @@ def _one(job: tuple[str, str, int, dict[str, Any], bool]) -> dict[str, Any]:
 
     method, env, seed, kw, reuse = job
     cache = os.path.join(kw["out_dir"], kw["run_name"], "result.json")
-    if reuse and os.path.exists(cache):
-        with open(cache) as f:
-            res = json.load(f)
-        if res.get("kw") == kw:
-            return res
+    res = _cached(kw) if reuse else None
+    if res is not None:
+        return res
     summary = train(TrainArgs(**kw))
     with open(os.path.join(summary["run_dir"], "evaluations.jsonl")) as f:
         recs = sorted((json.loads(line) for line in f if line.strip()),
@@ -89,13 +87,14 @@ def _one(job: tuple[str, str, int, dict[str, Any], bool]) -> dict[str, Any]:
     return res
 
 
-def _finished(kw: dict[str, Any]) -> bool:
-    """Whether the run of ``kw`` finished (its cached result has the same arguments)."""
+def _cached(kw: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached result of the finished run of ``kw`` (with the same arguments), or None."""
     cache = os.path.join(kw["out_dir"], kw["run_name"], "result.json")
     if not os.path.exists(cache):
-        return False
+        return None
     with open(cache) as f:
-        return json.load(f).get("kw") == kw
+        res = json.load(f)
+    return res if res.get("kw") == kw else None
 
 
 def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
@@ -170,7 +169,7 @@ def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[st
     jobs = [(m, e, s, run_args(m, e, s, opt), opt.reuse) for s in opt.seeds
             for e in opt.envs for m in opt.methods]
     if opt.report_only:  # finished runs only; the MPC references are computed if missing
-        jobs = [(m, e, s, kw, True) for m, e, s, kw, _ in jobs if _finished(kw)]
+        jobs = [(m, e, s, kw, True) for m, e, s, kw, _ in jobs if _cached(kw) is not None]
     mpc_jobs = []
     for e in opt.envs:
         refs = [("true", true_params(e), False), ("wrong", wrong_params(e), False)]
