@@ -7,12 +7,16 @@ history and the counters, and the index of the next epoch. It is written with ``
 a temporary file in the same folder and moved into place with ``os.replace`` (a crash leaves
 the old checkpoint or the new one, never half of one), and read with
 ``torch.load(weights_only=True)`` (tensors and plain containers only: no code runs). A
-checkpoint made with other settings (:func:`state_key`) is ignored with a warning.
+checkpoint made with other settings (:func:`state_key`) is ignored with a warning. A setting
+that :class:`Args` gained after the checkpoint was written matches when the run leaves it at its
+default (a new setting's default keeps the behaviour it had before it existed), so a study
+survives an upgrade that adds options.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import warnings
@@ -21,7 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_run_state", "read_progress", "save_run_state", "state_key"]
+__all__ = ["key_matches", "load_run_state", "read_progress", "save_run_state", "state_key"]
 
 #: settings that do not change a run's numbers (a resumed run may differ in these)
 _COSMETIC = ("progress", "out")
@@ -30,6 +34,22 @@ _COSMETIC = ("progress", "out")
 def state_key(args: Any) -> dict[str, Any]:
     """The settings a checkpoint must match: the run's :class:`Args` less the cosmetic ones."""
     return {k: v for k, v in dataclasses.asdict(args).items() if k not in _COSMETIC}
+
+
+def key_matches(saved: dict[str, Any], args: Any) -> bool:
+    """Whether a checkpoint's ``saved`` key (:func:`state_key`) fits a run with ``args``:
+    equal settings, where a setting missing from ``saved`` must be at its default."""
+    now = _plain(state_key(args))  # JSON-plain on both sides: a JSON record has no tuples
+    saved = _plain(saved)
+    defaults = _plain({f.name: f.default for f in dataclasses.fields(args)})
+    if set(saved) - set(now):  # a setting that no longer exists: the run is not the same
+        return False
+    return all(saved[k] == v if k in saved else v == defaults.get(k, dataclasses.MISSING)
+               for k, v in now.items())
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=repr))
 
 
 def _learners(run: Any) -> dict[str, Any]:
@@ -75,7 +95,7 @@ def load_run_state(run: Any, path: str | os.PathLike) -> int:
         warnings.warn(f"{path} is unreadable ({e}); starting the run over", RuntimeWarning,
                       stacklevel=2)
         return 0
-    if key != state_key(run.args):
+    if not key_matches(key, run.args):
         warnings.warn(f"{path} was made with other settings; starting the run over",
                       RuntimeWarning, stacklevel=2)
         return 0

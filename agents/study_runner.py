@@ -34,7 +34,7 @@ import torch
 from .batched import BATCHABLE, CheckpointEpochError, train_many
 from .data import make_expert_data
 from .imitation_args import Args
-from .run_state import state_key
+from .run_state import key_matches, state_key
 from .training import train
 
 __all__ = ["RunStore", "iter_units", "make_units", "run_tag", "run_unit"]
@@ -79,8 +79,8 @@ class RunStore:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(saved, dict) or saved.get("key") != json.loads(
-                json.dumps(state_key(a))):
+        if not isinstance(saved, dict) or not isinstance(saved.get("key"), dict) \
+                or not key_matches(saved["key"], a):
             return None
         return saved.get("record")
 

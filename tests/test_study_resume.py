@@ -132,3 +132,20 @@ def test_report_only_shows_runs_in_progress(tmp_path, monkeypatch):
     assert [h["epoch"] for h in run["history"]] == [0]
     (row,) = rep["summary"]["rows"]
     assert row["epochs"] == 1 and "Partial result: 0 of 1 runs" in markdown(rep, "cmd")
+
+
+def test_checkpoint_key_tolerates_settings_added_later():
+    """A checkpoint written before ``Args`` gained a setting resumes when the run leaves that
+    setting at its default, and only then; any changed or vanished setting starts over."""
+    from dilqr_rl.agents.imitation_args import Args
+    from dilqr_rl.agents.run_state import key_matches, state_key
+
+    a = Args(env="pendulum", learner="dilqr.dx", n_train=3, epochs=4, seed=1)
+    old = {k: v for k, v in state_key(a).items() if k != "cost_learn"}  # before cost_learn
+    assert key_matches(state_key(a), a)
+    assert key_matches(old, a)
+    assert not key_matches(old, dataclasses.replace(a, cost_learn="both"))
+    assert not key_matches({**old, "seed": 2}, a)
+    assert not key_matches({**state_key(a), "gone": 1}, a)
+    # a JSON round trip (the finished-run records) changes nothing
+    assert key_matches(json.loads(json.dumps(old)), a)
