@@ -41,6 +41,13 @@ class MPCPolicy:
     :param model_params: physical parameters of the controller's model that differ from the
         truth (a wrong model); default the true model
     :param max_iter: iLQR iterations per replan (a replan may stop unconverged: it is used)
+
+    A replan whose model rollout is not finite (:class:`~dilqr_rl.NonFiniteError`: a wrong
+    model that has let the system tumble can overflow over the horizon) is tried again from no
+    warm start; if that fails too, the controller keeps flying its previous plan, shifted by
+    one step, as MPC implementations do when the solver fails, and counts the step in
+    ``failures``. A failure at the first step of an episode, with no plan to fall back on, is
+    raised.
     """
 
     def __init__(self, task: dl.tasks.Task, horizon: int | None = None,
@@ -56,6 +63,7 @@ class MPCPolicy:
         """Start new episodes: step 0, no warm start."""
         self.step, self._warm = 0, None
         self.iterations: list[float] = []
+        self.failures = 0
 
     def controller(self, horizon: int) -> dl.DiLQR:
         if horizon not in self._ctrls:
@@ -75,13 +83,26 @@ class MPCPolicy:
         if warm is not None:  # the shifted plan, cut or padded to this step's horizon
             warm = warm[:, :H] if warm.shape[1] >= H else torch.cat(
                 [warm, warm[:, -1:].expand(-1, H - warm.shape[1], -1)], 1)
+        try:
+            u = self._solve(H, x0, params, warm)
+        except dl.NonFiniteError:
+            try:  # the shifted plan may be what overflows: plan from scratch
+                u = self._solve(H, x0, params, None)
+            except dl.NonFiniteError:
+                if warm is None:
+                    raise
+                self.failures += 1
+                u = warm  # keep flying the previous plan
+        self._warm = torch.cat([u[:, 1:], u[:, -1:]], 1)
+        self.step += 1
+        return u[:, 0]
+
+    def _solve(self, H: int, x0: Tensor, params: Tensor | None, warm: Tensor | None) -> Tensor:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", dl.UnconvergedWarning)  # capped replans: expected
             sol = self.controller(H)(x0, params=params, u_init=warm)
-        self._warm = torch.cat([sol.u[:, 1:], sol.u[:, -1:]], 1)
         self.iterations.append(float(sol.iterations.double().mean()))
-        self.step += 1
-        return sol.u[:, 0]
+        return sol.u
 
 
 def mpc_episodes(envs: list[Any], policy: MPCPolicy, seed: int,
@@ -105,7 +126,8 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
             max_steps: int | None = None) -> dict[str, Any]:
     """Closed-loop MPC on ``episodes`` starts of ``env_id`` (seeds ``seed, seed+1, ...``), all
     in one batch. Returns ``returns``, ``success`` (the task's rule), ``infos``, ``steps``,
-    ``states`` (``(steps+1, E, n)`` list), ``frames`` (episode 0, if ``render``), timing.
+    ``states`` (``(steps+1, E, n)`` list), ``frames`` (episode 0, if ``render``), timing,
+    ``plan_failures`` (steps flown on the previous plan, :class:`MPCPolicy`).
     ``max_steps`` shortens the env's time limit."""
     import gymnasium as gym
 
@@ -131,7 +153,8 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
             "steps": trace["steps"], "states": [s.tolist() for s in trace["obs"]],
             "frames": trace["frames"], "wall_s": wall,
             "s_per_step": wall / max(max(trace["steps"]), 1),
-            "mean_iterations": float(np.mean(policy.iterations))}
+            "mean_iterations": float(np.mean(policy.iterations)),
+            "plan_failures": policy.failures}
 
 
 def plot_states(result: dict[str, Any], path: str | Path) -> Path:
@@ -201,7 +224,9 @@ def main_mpc(argv: list[str]) -> int:
     rate = float(np.mean([s is True for s in r["success"]]))
     print(f"{env_id}: success {100 * rate:.0f} % of {a.episodes}, mean return "
           f"{np.mean(r['returns']):.2f}, {r['wall_s']:.1f} s ({r['s_per_step'] * 1e3:.0f} ms "
-          f"per batched step, {r['mean_iterations']:.1f} iterations per replan)")
+          f"per batched step, {r['mean_iterations']:.1f} iterations per replan"
+          + (f", {r['plan_failures']} steps on the previous plan after a failed replan"
+             if r["plan_failures"] else "") + ")")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"mpc_{env_id.split('/')[-1]}"

@@ -128,7 +128,7 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
     rets = mpc_episodes(envs, policy, 10_000 + seed, trace)
     ok = episode_success(envs, trace["infos"])
     res = {"env": env_id, "which": which, "seed": seed, "params": params, "key": key,
-           "returns": rets, "success": ok,
+           "returns": rets, "success": ok, "plan_failures": policy.failures,
            "s_per_step": (time.perf_counter() - t0) / max(max(trace["steps"]), 1)}
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     with open(cache, "w") as f:

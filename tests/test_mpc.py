@@ -52,3 +52,42 @@ def test_mpc_command_writes_json_plot_and_gif(tmp_path, capsys) -> None:
         main_mpc(["--env", "nope"])
     with pytest.raises(SystemExit):
         main_mpc(["--episodes", "0"])
+
+
+def test_failed_replan_retries_cold_then_flies_the_previous_plan(monkeypatch) -> None:
+    """A replan whose rollout overflows (NonFiniteError) is tried again without a warm start;
+    if that fails too the previous plan, shifted, is flown and counted; at the first step,
+    with no plan to fall back on, the error is raised."""
+    import torch
+
+    from dilqr_rl.agents.mpc import MPCPolicy
+
+    policy = MPCPolicy(dl.tasks.get("pendulum"), horizon=10, max_iter=5)
+    x0 = torch.tensor([[-0.4, 0.9, 0.0]], dtype=torch.float64)  # (cos, sin, rate)
+    u_first = policy(x0)
+    plan = policy._warm.clone()
+    calls: list[bool] = []
+    solve = policy._solve
+
+    def failing(H, x, params, warm):  # the warm start overflows; a cold start plans
+        calls.append(warm is None)
+        if warm is not None:
+            raise dl.NonFiniteError("rollout overflows")
+        return solve(H, x, params, warm)
+
+    monkeypatch.setattr(policy, "_solve", failing)
+    u = policy(x0)
+    assert calls == [False, True] and policy.failures == 0 and torch.isfinite(u).all()
+
+    def broken(H, x, params, warm):
+        raise dl.NonFiniteError("rollout overflows")
+
+    plan = policy._warm.clone()
+    monkeypatch.setattr(policy, "_solve", broken)
+    u = policy(x0)
+    assert policy.failures == 1 and torch.equal(u, plan[:, 0])
+    assert torch.equal(policy._warm[:, :-1], plan[:, 1:])
+    policy.reset()
+    with pytest.raises(dl.NonFiniteError):
+        policy(x0)
+    assert u_first.shape == (1, 1)
