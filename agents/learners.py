@@ -53,8 +53,8 @@ from .baselines import LSTMPolicy, MLPPolicy
 from .data import demo_controller
 from .imitation_args import LEARNERS, Args
 
-__all__ = ["Learner", "MPCLearner", "NNLearner", "SysIdLearner", "imitation_loss",
-           "make_learner"]
+__all__ = ["Learner", "MPCLearner", "NNLearner", "SysIdLearner", "cost_identifiable_loss",
+           "imitation_loss", "make_learner", "tracking_coefficients"]
 
 F64 = torch.float64
 _GRAD = {"dilqr": "implicit", "diffmpc": "last_lqr", "unroll": "unroll"}
@@ -63,6 +63,38 @@ _GRAD = {"dilqr": "implicit", "diffmpc": "last_lqr", "unroll": "unroll"}
 def imitation_loss(u: Tensor, u_expert: Tensor) -> Tensor:
     """``mean (u - u_expert)^2`` over ``(B, T, m)``."""
     return (u - u_expert).pow(2).mean()
+
+
+def tracking_coefficients(task: Task, v: Tensor) -> Tensor:
+    """The coefficients of the tracking cost ``sum_i w_i (z_i - g_i)^2`` given as
+    ``v = [w; g] (..., 2k)`` (``k = n + m``) that the optimal controls can depend on, up to a
+    positive scale: per coordinate the quadratic ``w_i`` and the linear ``w_i g_i`` (the
+    constant drops out). In a unit-norm block of the state (``cos, sin``; a quaternion),
+    ``sum_j z_j^2 = 1`` turns the block's first quadratic into a constant: its quadratics
+    are ``w_j - w_first``, without the first. Shape ``(..., 2k - #blocks)``."""
+    k = v.shape[-1] // 2
+    w, g = v[..., :k], v[..., k:]
+    quad, keep = w.clone(), torch.ones(k, dtype=torch.bool, device=v.device)
+    for lo, hi, _ in task.unit_blocks:
+        quad[..., lo:hi] = w[..., lo:hi] - w[..., lo:lo + 1]
+        keep[lo] = False
+    return torch.cat([quad[..., keep], w * g], -1)
+
+
+def cost_identifiable_loss(task: Task, learned: Tensor, truth: Tensor) -> float:
+    """How far the learned tracking cost ``learned = [w; g] (2k,)`` is from ``truth`` where
+    it matters: the mean squared relative error of :func:`tracking_coefficients` after the
+    best positive scale ``a``, each coefficient relative to its true value (or, where that is
+    0, to the largest true coefficient), ``min_{a >= 0} mean_i ((a c_i - c*_i) / d_i)^2``.
+    0: the same cost up to scale and a constant, so the same optimal controls; the share of
+    nonzero true coefficients: nothing in common. The raw model loss cannot see these
+    invariances: a pendulum cost ``4.3x`` the true one with goal ``cos = 4.4`` has the true
+    optimal controls and a large model loss."""
+    c, ref = tracking_coefficients(task, learned), tracking_coefficients(task, truth)
+    d = torch.where(ref != 0, ref.abs(), ref.abs().max())
+    c, ref = c / d, ref / d
+    a = ((c * ref).sum() / (c * c).sum()).clamp(min=0.0) if (c * c).sum() > 0 else 0.0
+    return float((a * c - ref).pow(2).mean())
 
 
 class Learner(nn.Module):
@@ -125,8 +157,11 @@ class Learner(nn.Module):
 
     def identifiable_loss(self) -> float:
         """dx learners of a task that declares identifiable combinations (the pendulum's
-        ``g / l`` and ``m l^2``): the mean squared relative error of those; else NaN."""
+        ``g / l`` and ``m l^2``): the mean squared relative error of those; cost learners:
+        :func:`cost_identifiable_loss`; else NaN."""
         v = self.learned()
+        if v is not None and self.kind == "cost":
+            return cost_identifiable_loss(self.task, v.detach(), self.cost_true)
         if v is None or self.kind != "dx" or self.task.identifiable is None:
             return math.nan
         got = self.task.combinations(v.detach())

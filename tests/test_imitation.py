@@ -147,3 +147,28 @@ def test_all_learners_run_and_share_batches(monkeypatch):
     assert all(v == v for v in im.values())  # no NaN
     u = torch.zeros(2, 3, 1)
     assert imitation_loss(u + 1, u).item() == 1.0
+
+
+def test_cost_identifiable_loss_sees_only_what_the_controls_depend_on():
+    """The learned pendulum cost of a 1000-epoch run: every weight ~4.3x the truth but the
+    cos/sin weights ~1x, and the goal cos ~4.4. On the unit circle that is the true cost
+    times 4.3 plus a constant (the same optimal controls): identifiable loss ~0, although the
+    raw model loss is large. A wrong ratio of weights, or a quadratic that differs inside the
+    cos/sin block, is seen."""
+    t = tasks.get("pendulum")
+    truth = torch.tensor([1.0, 1.0, 0.1, 0.001, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    same = torch.tensor([1.0, 1.0, 0.4, 0.004, 4.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    assert learners.cost_identifiable_loss(t, same, truth) < 1e-24
+    assert ((same - truth) ** 2).mean() > 1.0  # the raw model loss
+    scaled = truth * torch.tensor([3.0] * 4 + [1.0] * 4, dtype=torch.float64)
+    assert learners.cost_identifiable_loss(t, scaled, truth) < 1e-24
+    rate = same.clone()
+    rate[2] = 0.8  # the rate weight doubled relative to the rest: a different policy
+    assert 0.02 < learners.cost_identifiable_loss(t, rate, truth) < 0.2
+    block = same.clone()
+    block[1] = 2.0  # sin weighted apart from cos: a quadratic on the circle
+    assert learners.cost_identifiable_loss(t, block, truth) > 0.005
+    nothing = learners.cost_identifiable_loss(t, torch.zeros(8, dtype=torch.float64), truth)
+    assert nothing == pytest.approx(3 / 7)  # the 3 nonzero true coefficients of 7, all missed
+    assert learners.cost_identifiable_loss(t, -same, truth) == pytest.approx(nothing)
+    assert learners.tracking_coefficients(t, truth).shape == (7,)
