@@ -59,8 +59,10 @@ def plot_run(record: dict[str, Any], path: str | Path, others: list[dict] | None
 
 
 def plot_study(result: dict[str, Any], path: Path) -> Path:
-    """Per env: test imitation loss per learner; dx and cost model loss over epochs (mean ±
-    std over seeds), and the identifiable loss where the task declares combinations."""
+    """Per env: test imitation loss per learner; dx and cost model loss over epochs, and the
+    identifiable losses (dx where the task declares combinations; cost) where recorded. The
+    curves are geometric means over seeds, shaded by one geometric std (a log axis: an
+    arithmetic mean - std would dive below zero)."""
     plt = pyplot()
 
     runs = result["runs"]
@@ -68,8 +70,12 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
     sizes = sorted({r["args"]["n_train"] for r in runs})
     learners = list(dict.fromkeys(r["args"]["learner"] for r in runs))
     # a task with identifiable combinations (the pendulum) gets a 4th panel: their loss
-    ident = any(np.isfinite(e.get("ident_loss", math.nan)) for r in runs for e in r["history"])
-    panels = [("dx", "model_loss"), ("cost", "model_loss")] + [("dx", "ident_loss")] * ident
+    def recorded(mode: str) -> bool:
+        return any(np.isfinite(e.get("ident_loss", math.nan)) for r in runs for e in r["history"]
+                   if r["args"]["learner"].endswith(mode))
+
+    panels = [("dx", "model_loss"), ("cost", "model_loss")] + [
+        (mode, "ident_loss") for mode in ("dx", "cost") if recorded(mode)]
     fig, axes = plt.subplots(len(envs), 1 + len(panels), figsize=(5 * (1 + len(panels)),
                                                                   4 * len(envs)), squeeze=False)
     rows = {(r["env"], r["n_train"], r["learner"]): r for r in result["summary"]["rows"]}
@@ -102,9 +108,10 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
                     v = np.array([[e.get(key, math.nan) for e in h[:L]] for h in hs])
                     if not np.isfinite(v).any():
                         continue
-                    mu, sd = v.mean(0), v.std(0)
+                    lv = np.log(np.maximum(v, 1e-300))
+                    mu, sd = np.exp(lv.mean(0)), lv.std(0)
                     line, = ax.semilogy(ep, mu, ls=["-", "--", ":"][j % 3], label=f"{ln} n={n}")
-                    ax.fill_between(ep, np.maximum(mu - sd, 1e-12), mu + sd, alpha=0.15,
+                    ax.fill_between(ep, mu * np.exp(-sd), mu * np.exp(sd), alpha=0.15,
                                     color=line.get_color())
             what = "model loss" if key == "model_loss" else "identifiable loss"
             ax.set(title=f"{env}: {mode} {what}", xlabel="epoch")

@@ -197,19 +197,19 @@ def _at(row: dict[str, Any]) -> str:
     return f"{row['seeds']} seeds to epoch {row['epochs']}"
 
 
-def _cost_ident(r: dict[str, Any]) -> float:
-    """A cost run's :func:`~dilqr_rl.agents.learners.cost_identifiable_loss` at its last
+def _cost_ident(r: dict[str, Any]) -> None:
+    """Fill in a cost run's :func:`~dilqr_rl.agents.learners.cost_identifiable_loss` at every
     evaluation, from the recorded parameters (also for runs recorded before it existed)."""
     from dilqr_rl import tasks
 
     from .learners import cost_identifiable_loss
 
-    params, truth = r["final"].get("params"), r.get("truth")
-    if not params or not truth:
-        return math.nan
-    f64 = torch.float64
-    return cost_identifiable_loss(tasks.get(r["args"]["env"]), torch.tensor(params, dtype=f64),
-                                  torch.tensor(truth, dtype=f64))
+    task, truth = tasks.get(r["args"]["env"]), r.get("truth")
+    for e in [*r["history"], r["final"]]:
+        if truth and e.get("params"):
+            e["ident_loss"] = cost_identifiable_loss(
+                task, torch.tensor(e["params"], dtype=torch.float64),
+                torch.tensor(truth, dtype=torch.float64))
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -217,7 +217,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     identifiable loss of a cost learner is computed here from its final parameters."""
     for r in runs:
         if r["args"]["learner"].endswith(".cost"):
-            r["final"]["ident_loss"] = _cost_ident(r)
+            _cost_ident(r)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         a = r["args"]
