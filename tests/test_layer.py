@@ -193,3 +193,27 @@ def test_sequential_line_search_matches_batched():
     assert torch.equal(sols[0].iterations, sols[1].iterations)
     torch.testing.assert_close(sols[0].u, sols[1].u)
     torch.testing.assert_close(sols[0].history, sols[1].history, equal_nan=True)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_a_dropped_solve_is_freed(ctrl, backward):
+    """Once the caller drops a differentiable solve's outputs, its plan and autograd graph are
+    freed by reference counting, without a garbage collection: no reference cycle runs through
+    the autograd node (which Python's collector cannot follow), so a training loop does not
+    leak a solve per step."""
+    import gc
+    import weakref
+
+    theta = torch.tensor([10.0, 1.0, 1.0], dtype=F64, requires_grad=True)
+    gc.collect()
+    gc.disable()
+    try:
+        sol = ctrl(x0s(), params=theta)
+        refs = [weakref.ref(sol.x), weakref.ref(sol.u), weakref.ref(sol)]
+        if backward:
+            sol.u.sum().backward()
+            assert theta.grad is not None and bool(torch.isfinite(theta.grad).all())
+        del sol
+        assert [r() for r in refs] == [None, None, None]
+    finally:
+        gc.enable()
