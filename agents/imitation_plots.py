@@ -117,4 +117,10 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
             ax.set(title=f"{env}: {mode} {what}", xlabel="epoch")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
+            else:  # nothing recorded here (a task whose parameters are all identifiable)
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{env}: no {mode} {what} recorded" + (
+                    "\n(its parameters are identifiable:\nsee the model loss)"
+                    if key == "ident_loss" else ""), ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9)
     return save_figure(fig, path, dpi=100)
