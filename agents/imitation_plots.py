@@ -69,7 +69,7 @@ def plot_study(result: dict[str, Any], path: Path) -> Path:
     envs = sorted({r["args"]["env"] for r in runs})
     sizes = sorted({r["args"]["n_train"] for r in runs})
     learners = list(dict.fromkeys(r["args"]["learner"] for r in runs))
-    # a task with identifiable combinations (the pendulum) gets a 4th panel: their loss
+    # an identifiable-loss panel per mode that recorded one (dx: tasks with combinations)
     def recorded(mode: str) -> bool:
         return any(np.isfinite(e.get("ident_loss", math.nan)) for r in runs for e in r["history"]
                    if r["args"]["learner"].endswith(mode))

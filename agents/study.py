@@ -198,15 +198,16 @@ def _at(row: dict[str, Any]) -> str:
 
 
 def _cost_ident(r: dict[str, Any]) -> None:
-    """Fill in a cost run's :func:`~dilqr_rl.agents.learners.cost_identifiable_loss` at every
-    evaluation, from the recorded parameters (also for runs recorded before it existed)."""
+    """Fill in a cost run's :func:`~dilqr_rl.agents.learners.cost_identifiable_loss` at the
+    evaluations that lack it (runs recorded before the learners recorded it), from the
+    recorded parameters."""
     from dilqr_rl import tasks
 
     from .learners import cost_identifiable_loss
 
     task, truth = tasks.get(r["args"]["env"]), r.get("truth")
     for e in [*r["history"], r["final"]]:
-        if truth and e.get("params"):
+        if truth and e.get("params") and not np.isfinite(e.get("ident_loss", math.nan)):
             e["ident_loss"] = cost_identifiable_loss(
                 task, torch.tensor(e["params"], dtype=torch.float64),
                 torch.tensor(truth, dtype=torch.float64))
@@ -221,8 +222,8 @@ def _first_epoch(history: list[dict[str, Any]], key: str, tol: float) -> float:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean +- std over seeds per (env, n_train, learner), and the paper's claims. The
-    identifiable loss of a cost learner is computed here from its final parameters."""
+    """Mean +- std over seeds per (env, n_train, learner), and the paper's claims. A cost
+    run recorded without its identifiable loss gets it here (:func:`_cost_ident`)."""
     for r in runs:
         if r["args"]["learner"].endswith(".cost"):
             _cost_ident(r)

@@ -178,8 +178,9 @@ def iter_units(units: list[list[Args]], n_data: int, folder: Path, resume: bool,
     elif workers > 1:
         import multiprocessing as mp
 
-        # a fresh process per unit: a long-lived worker's heap only grows (two workers of the
-        # 1000-epoch study held 11-12 GB each after 70 min, and the machine swapped)
+        # a fresh process per unit: whatever one unit leaves behind (a leak, the allocator's
+        # fragmentation) is not carried into the next; a leak of every solve, fixed since,
+        # once grew two long-lived workers to 11-12 GB each in 70 min
         with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
             yield from pool.imap_unordered(_call, jobs, chunksize=1)
     else:

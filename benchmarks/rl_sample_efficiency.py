@@ -67,7 +67,6 @@ def _one(job: tuple[str, str, int, dict[str, Any], bool]) -> dict[str, Any]:
     from dilqr_rl.agents.rl import TrainArgs, train
 
     method, env, seed, kw, reuse = job
-    cache = os.path.join(kw["out_dir"], kw["run_name"], "result.json")
     res = _cached(kw) if reuse else None
     if res is not None:
         return res
@@ -82,14 +81,18 @@ def _one(job: tuple[str, str, int, dict[str, Any], bool]) -> dict[str, Any]:
                        for r in recs],
            "params": [r.get("params") for r in recs],
            "train_s_per_step": max(summary["wall_s"] - eval_s, 0.0) / kw["total_timesteps"]}
-    with open(cache, "w") as f:
+    with open(_cache_path(kw), "w") as f:
         json.dump(res, f)
     return res
 
 
+def _cache_path(kw: dict[str, Any]) -> str:
+    return os.path.join(kw["out_dir"], kw["run_name"], "result.json")
+
+
 def _cached(kw: dict[str, Any]) -> dict[str, Any] | None:
     """The cached result of the finished run of ``kw`` (with the same arguments), or None."""
-    cache = os.path.join(kw["out_dir"], kw["run_name"], "result.json")
+    cache = _cache_path(kw)
     if not os.path.exists(cache):
         return None
     with open(cache) as f:
