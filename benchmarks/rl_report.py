@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rl_methods import is_dilqr, true_params, wrong_params
+from rl_methods import SUCCESS_TARGET, is_dilqr, true_params, wrong_params
 
 from dilqr_rl import tasks
 
@@ -17,10 +17,15 @@ def within_10pct(R: float) -> float:
     return R - 0.1 * abs(R)
 
 
-def first_reach(t: list[int], curve: list[float] | np.ndarray, threshold: float) -> int | None:
-    """The first evaluation step at which ``curve >= threshold`` (``None``: never)."""
-    for ti, v in zip(t, curve, strict=True):
-        if v >= threshold:
+def first_reach(t: list[int], curve: list[float] | np.ndarray, threshold: float,
+                success: list[float | None] | None = None, min_success: float | None = None
+                ) -> int | None:
+    """The first evaluation step at which ``curve >= threshold`` (and, with ``min_success``,
+    ``success >= min_success`` there) (``None``: never)."""
+    for i, (ti, v) in enumerate(zip(t, curve, strict=True)):
+        ok = min_success is None or (success is not None and success[i] is not None
+                                     and success[i] >= min_success - 1e-9)
+        if v >= threshold and ok:
             return int(ti)
     return None
 
@@ -53,10 +58,11 @@ def param_errors(env: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, float]
-                  ) -> dict[str, Any]:
+def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, float],
+                  min_success: dict[str, float] | None = None) -> dict[str, Any]:
     """Seed-mean curve of one method on one env, its success rate, its per-seed steps to the
-    seed's threshold ``thr[seed]`` and, for the DiLQR methods, the parameter errors."""
+    seed's threshold ``thr[seed]`` (and success rate ``min_success[seed]``, where given) and,
+    for the DiLQR methods, the parameter errors."""
     t = rs[0]["timesteps"]
     curves = np.array([r["mean"] for r in rs])
     mu, sd = curves.mean(0), curves.std(0)
@@ -65,8 +71,9 @@ def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, flo
         "seeds": [r["seed"] for r in rs], "timesteps": t, "mean": mu.tolist(),
         "std": sd.tolist(),
         "final_mean": float(mu[-1]), "final_std": float(sd[-1]),
-        "seed_steps_to_target": {str(r["seed"]): first_reach(r["timesteps"], r["mean"],
-                                                            thr[str(r["seed"])]) for r in rs},
+        "seed_steps_to_target": {str(r["seed"]): first_reach(
+            r["timesteps"], r["mean"], thr[str(r["seed"])], r.get("success"),
+            None if min_success is None else min_success[str(r["seed"])]) for r in rs},
         "train_s_per_step": float(np.mean([r["train_s_per_step"] for r in rs])),
     }
     if all(s and s[-1] is not None for s in succ):
@@ -117,6 +124,8 @@ def _mpc_summary(mpc_out: list[dict[str, Any]], env: str, which: str) -> dict[st
     ok = [x for r in rs for x in (r["success"] or [])]
     return {"params": rs[0]["params"], "mean": float(np.mean(rets)), "std": float(np.std(rets)),
             "per_seed": {str(r["seed"]): float(np.mean(r["returns"])) for r in rs},
+            "per_seed_success": {str(r["seed"]): float(np.mean(r["success"]))
+                                 for r in rs if r["success"]},
             "success": float(np.mean(ok)) if ok else None,
             "s_per_step": float(np.mean([r["s_per_step"] for r in rs]))}
 
@@ -131,10 +140,13 @@ def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
                           "mpc_true_fixed_horizon": _mpc_summary(mpc_out, env, "true_fixed"),
                           "threshold": within_10pct(true_mpc["mean"]), "seed_threshold": thr,
                           "methods": {}}
+    min_success = None
+    if tasks.for_env(env).name in SUCCESS_TARGET:
+        min_success = er["seed_min_success"] = true_mpc["per_seed_success"]
     for m in opt.methods:
         rs = [r for r in runs if r["env"] == env and r["method"] == m]
         if rs:  # a partial benchmark may lack methods
-            er["methods"][m] = method_record(env, m, rs, thr)
+            er["methods"][m] = method_record(env, m, rs, thr, min_success)
     er["targets"] = seed_targets(er, opt.methods, opt.seeds, opt.mlp_budget)
     return er
 

@@ -56,6 +56,9 @@ import numpy as np
 from rl_methods import ENVS, METHODS, run_args, true_params, wrong_params
 from rl_report import env_report, plot, print_table
 
+import dilqr_rl.envs  # noqa: F401  (registers the ids: tasks.for_env knows them)
+from dilqr_rl import tasks
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -108,8 +111,6 @@ def _mpc(job: tuple[str, str, dict[str, float], bool, int, argparse.Namespace]
     import torch
 
     torch.set_num_threads(1)
-    import dilqr_rl.envs  # noqa: F401  (registers the ids)
-    from dilqr_rl import tasks
     from dilqr_rl.agents.episodes import episode_success
     from dilqr_rl.agents.mpc import MPCPolicy, mpc_episodes
 
@@ -176,7 +177,7 @@ def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[st
     mpc_jobs = []
     for e in opt.envs:
         refs = [("true", true_params(e), False), ("wrong", wrong_params(e), False)]
-        if "Rocket" in e:
+        if tasks.for_env(e).shrink_horizon:  # the SB3 actor's plans have one length
             refs.append(("true_fixed", true_params(e), True))
         mpc_jobs += [(e, w, p, f, s, opt) for (w, p, f) in refs for s in opt.seeds]
     ctx = mp.get_context("spawn")

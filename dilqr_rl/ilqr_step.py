@@ -123,11 +123,20 @@ def _negative_curvature(gains: LQRGains) -> tuple[Tensor, Tensor]:
     Quu, free = gains.Quu, gains.free
     Mf = free.to(Quu.dtype)
     big = 1.0 + 10.0 * Quu.abs().amax((-1, -2), keepdim=True)
-    Hm = Quu * Mf[..., :, None] * Mf[..., None, :] + torch.diag_embed((1.0 - Mf) * big[..., 0])
-    evals, evecs = torch.linalg.eigh(Hm)
+    # scaled by 1 / big (same eigenvectors and signs): LAPACK's eigh failed to converge on the
+    # Quu ~ 1e60 of a tumbling rocket's rollout; a non-finite Quu has no direction to offer
+    ok = torch.isfinite(big[..., 0, 0])
+    Hm = (Quu * Mf[..., :, None] * Mf[..., None, :]) / big + torch.diag_embed(1.0 - Mf)
+    eye = torch.eye(Quu.shape[-1], dtype=Quu.dtype, device=Quu.device)
+    Hm = torch.where(ok[..., None, None], Hm, eye)
+    try:
+        evals, evecs = torch.linalg.eigh(Hm)
+    except torch.linalg.LinAlgError:  # no escape this time; the line search still ran
+        z = gains.K.new_zeros(gains.K.shape)
+        return z, z[..., 0]
     T = Quu.shape[1]
     steps = torch.arange(T, device=Quu.device)
-    tstar = torch.where(evals[..., 0] <= 0, steps, -1).amax(1)  # (b,)
+    tstar = torch.where((evals[..., 0] <= 0) & ok, steps, -1).amax(1)  # (b,)
     k = evecs[..., :, 0] * (steps == tstar[:, None])[..., None]
     K = gains.K * (steps > tstar[:, None])[..., None, None]
     return K, k

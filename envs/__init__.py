@@ -8,6 +8,7 @@ id                             true system                                    ta
 ``dilqr_rl/Pendulum-v0``       :class:`dilqr_rl.Pendulum` (Pendulum-v1 task)  pendulum
 ``dilqr_rl/CartPole-v0``       :class:`dilqr_rl.CartPole` (swing-up)          cartpole
 ``dilqr_rl/Rocket-v0``         :class:`dilqr_rl.Rocket` (6-DoF landing)       rocket
+``dilqr_rl/RocketTimed-v0``    the same, observing the steps to landing       rocket_timed
 ``dilqr_rl/MujocoPendulum-v0`` MuJoCo pendulum (same task)                    pendulum
 ``dilqr_rl/MujocoCartPole-v0`` MuJoCo cart-pole (same task)                   cartpole
 ============================== ============================================== ==========
@@ -31,7 +32,8 @@ from dilqr_rl.tasks import register_env
 
 __all__ = [
     "CartPoleEnv", "DynamicsEnv", "ENV_IDS", "MujocoCartPoleEnv", "MujocoPendulumEnv",
-    "PendulumEnv", "PixelObservation", "RenderError", "RocketEnv", "record_episode",
+    "PendulumEnv", "PixelObservation", "RenderError", "RocketEnv", "TimedRocketEnv",
+    "record_episode",
     "register_envs", "render_pendulum", "save_video",
 ]
 
@@ -40,6 +42,7 @@ _SPECS: dict[str, tuple[str, str]] = {
     "dilqr_rl/Pendulum-v0": ("dilqr_rl.envs.pendulum:PendulumEnv", "pendulum"),
     "dilqr_rl/CartPole-v0": ("dilqr_rl.envs.cartpole:CartPoleEnv", "cartpole"),
     "dilqr_rl/Rocket-v0": ("dilqr_rl.envs.rocket:RocketEnv", "rocket"),
+    "dilqr_rl/RocketTimed-v0": ("dilqr_rl.envs.rocket:TimedRocketEnv", "rocket_timed"),
     "dilqr_rl/MujocoPendulum-v0": ("dilqr_rl.envs.mujoco_pendulum:MujocoPendulumEnv", "pendulum"),
     "dilqr_rl/MujocoCartPole-v0": ("dilqr_rl.envs.mujoco_cartpole:MujocoCartPoleEnv",
                                    "cartpole"),
@@ -48,7 +51,7 @@ ENV_IDS: tuple[str, ...] = tuple(_SPECS)
 
 _LAZY = {
     "DynamicsEnv": "base", "PendulumEnv": "pendulum", "CartPoleEnv": "cartpole",
-    "RocketEnv": "rocket",
+    "RocketEnv": "rocket", "TimedRocketEnv": "rocket",
     "MujocoPendulumEnv": "mujoco_pendulum", "MujocoCartPoleEnv": "mujoco_cartpole",
     "RenderError": "rendering", "record_episode": "rendering", "save_video": "rendering",
     "PixelObservation": "pixels", "render_pendulum": "pixels",

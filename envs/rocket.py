@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from dilqr_rl.tasks.rocket import COST_WEIGHTS, LANDING, ROCKET, final_cost, tilt
+from dilqr_rl.tasks.rocket import COST_WEIGHTS, LANDING, ROCKET, ROCKET_TIMED, final_cost, tilt
 
 from .base import DynamicsEnv
 from .mjcf import rocket_mjcf
 from .rendering import SceneRenderer
 
-__all__ = ["RocketEnv"]
+__all__ = ["RocketEnv", "TimedRocketEnv"]
 
 
 class RocketEnv(DynamicsEnv):
@@ -106,7 +106,7 @@ class RocketEnv(DynamicsEnv):
         tilt_deg = math.degrees(math.asin(min(1.0, math.sqrt(max(s2, 0.0)))))
         body_x_up = 1 - 2 * (x[8] ** 2 + x[9] ** 2) > 0  # pointing up, not down
         return True, {
-            "terminal_cost": float(final_cost(x, np.asarray(COST_WEIGHTS))),
+            "terminal_cost": float(final_cost(x[:13], np.asarray(COST_WEIGHTS))),
             "landed": bool(dist <= self.land_radius and tilt_deg <= self.land_tilt_deg
                            and body_x_up),
             "distance": dist, "tilt_deg": tilt_deg, "speed": float(np.linalg.norm(x[3:6])),
@@ -124,3 +124,22 @@ class RocketEnv(DynamicsEnv):
         # relabelled the same way, so the MuJoCo attitude is P R(q) P^T = quat (q0, q2, q3, q1)
         scene.pose(mocap_pos=np.array([x[1], x[2], x[0]]),
                    mocap_quat=np.array([q[0], q[2], q[3], q[1]]))
+
+
+class TimedRocketEnv(RocketEnv):
+    """``dilqr_rl/RocketTimed-v0``: :class:`RocketEnv` (the same physics, reward, touchdown
+    and success) whose observation also holds the steps to the landing time ``k``.
+
+    ``k`` starts at the task's horizon (40 steps, 4 s) and falls by 1 per step, but not below
+    the task's ``min_horizon`` (5): a rocket still flying then keeps a landing time 5 steps
+    ahead, as the rocket's shrinking-horizon MPC does. It is the state of
+    :class:`dilqr_rl.models.TimedRocket`, whose plans of one fixed length land (the task
+    ``rocket_timed``): what an SB3 actor needs, since all its plans have the same length. The
+    observation is ``(r, v, q, w, k)`` (14); ``options={"state": x0}`` takes 14 values.
+    """
+
+    task = ROCKET_TIMED
+
+    def _advance(self, u: np.ndarray) -> None:
+        super()._advance(u)
+        self._x[13] = max(float(self._x[13]), float(self.task.min_horizon))

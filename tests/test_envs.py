@@ -20,13 +20,15 @@ from dilqr_rl.envs.rendering import RenderError, display_available
 
 torch.set_num_threads(1)
 
-ANALYTIC = ["dilqr_rl/Pendulum-v0", "dilqr_rl/CartPole-v0", "dilqr_rl/Rocket-v0"]
+ANALYTIC = ["dilqr_rl/Pendulum-v0", "dilqr_rl/CartPole-v0", "dilqr_rl/Rocket-v0",
+            "dilqr_rl/RocketTimed-v0"]
 MUJOCO = ["dilqr_rl/MujocoPendulum-v0", "dilqr_rl/MujocoCartPole-v0"]
 #: several true-parameter settings per analytic env
 SETTINGS = {
     "dilqr_rl/Pendulum-v0": [{}, {"m": 1.3}, {"g": 9.0, "l": 0.7}],
     "dilqr_rl/CartPole-v0": [{}, {"m_pole": 0.3}, {"g": 9.0, "m_cart": 2.0, "l": 0.8}],
     "dilqr_rl/Rocket-v0": [{}, {"m": 1.5}, {"Jx": 0.7, "Jy": 2.0, "Jz": 1.5, "l": 1.4}],
+    "dilqr_rl/RocketTimed-v0": [{}, {"Jx": 0.7, "Jy": 2.0, "Jz": 1.5, "l": 1.4}],
 }
 
 

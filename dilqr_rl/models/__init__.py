@@ -4,7 +4,7 @@ autodiff helpers (:mod:`.base`), and one file per built-in model."""
 from .base import PARAM_FLOOR, Dynamics, hessian_rows, jacobian_rows, transition_loss
 from .cartpole import CartPole
 from .pendulum import Pendulum
-from .rocket import Rocket
+from .rocket import Rocket, TimedRocket
 
-__all__ = ["CartPole", "Dynamics", "PARAM_FLOOR", "Pendulum", "Rocket", "hessian_rows",
-           "jacobian_rows", "transition_loss"]
+__all__ = ["CartPole", "Dynamics", "PARAM_FLOOR", "Pendulum", "Rocket", "TimedRocket",
+           "hessian_rows", "jacobian_rows", "transition_loss"]

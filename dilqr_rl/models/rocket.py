@@ -10,7 +10,7 @@ from torch import Tensor
 from .base import Dynamics
 from .rocket_derivatives import rocket_jacobians, rocket_weighted_hessian, rotate
 
-__all__ = ["Rocket"]
+__all__ = ["Rocket", "TimedRocket"]
 
 
 class Rocket(Dynamics):
@@ -86,3 +86,42 @@ class Rocket(Dynamics):
         """Closed-form ``sum_i lam_i d^2 f_i / dz^2`` ``(N, 16, 16)``, ``lam (N, 13)``; other
         shapes as :meth:`jacobians`."""
         return rocket_weighted_hessian(x, u, theta, lam, self.dt)
+
+
+class TimedRocket(Rocket):
+    """The :class:`Rocket` with a clock: state (14) ``(r, v, q, w, k)``, where ``k`` is the
+    number of steps to the landing time, and ``k_next = k - 1``.
+
+    The clock lets a plan of fixed length ``T`` land at a time that moves closer from step to
+    step (a shrinking horizon) without a time input: the timed landing cost
+    (:func:`dilqr_rl.tasks.rocket.timed_stage_cost`) charges the state only while ``k >= 0``.
+    It is what lets an SB3 actor, whose plans all have the same length, plan like the
+    rocket's closed-loop MPC. The physical parameters and their derivatives are the rocket's;
+    the clock row of ``F`` is ``e_k`` and it adds nothing to the weighted Hessian.
+    """
+
+    n_state = 14
+
+    def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
+        return torch.cat([super().step(x[..., :13], u, theta), x[..., 13:] - 1.0], -1)
+
+    def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``x (N, 14)`` -> ``(x_next (N, 14), F (N, 14, 17))``; see :meth:`Rocket.jacobians`."""
+        y, F13 = super().jacobians(x[..., :13], u, theta)
+        N = F13.shape[0]
+        F = F13.new_zeros(N, 14, 17)
+        F[:, :13, :13] = F13[:, :, :13]
+        F[:, :13, 14:] = F13[:, :, 13:]
+        F[:, 13, 13] = 1.0
+        return torch.cat([y, x[..., 13:] - 1.0], -1), F
+
+    def weighted_hessian(self, x: Tensor, u: Tensor, theta: Tensor, lam: Tensor) -> Tensor:
+        """``(N, 17, 17)``, ``lam (N, 14)``: the rocket's, with a zero row and column for the
+        clock (its step is linear)."""
+        H16 = super().weighted_hessian(x[..., :13], u, theta, lam[..., :13])
+        H = H16.new_zeros(H16.shape[0], 17, 17)
+        H[:, :13, :13] = H16[:, :13, :13]
+        H[:, :13, 14:] = H16[:, :13, 13:]
+        H[:, 14:, :13] = H16[:, 13:, :13]
+        H[:, 14:, 14:] = H16[:, 13:, 13:]
+        return H

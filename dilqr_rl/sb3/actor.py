@@ -12,6 +12,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from ..ilqr import Solution
+from ..ilqr_types import NonFiniteError
 from ..layer import UnconvergedWarning
 from .obs import resolve_obs_to_state
 from .spec import ControllerSpec
@@ -81,7 +82,7 @@ class DiLQRActor(nn.Module):
         #: plans of the observations seen, for training-time warm starts
         self.plans = WarmStartCache(int(plan_cache))
         #: solve statistics since the last reset by :class:`DiLQRLoggingCallback`
-        self.stats = {"solves": 0, "unconverged": 0, "iterations": 0}
+        self.stats = {"solves": 0, "unconverged": 0, "iterations": 0, "cold_retries": 0}
         self._warned = False
 
     def _make_cost_net(self, arch: tuple[int, ...]) -> nn.Module:
@@ -189,13 +190,24 @@ class DiLQRActor(nn.Module):
                           stacklevel=3)
 
     def solve(self, obs: Tensor) -> Solution:
-        """The DiLQR solution from the observations ``(B, obs_dim)``."""
+        """The DiLQR solution from the observations ``(B, obs_dim)``.
+
+        A warm start whose rollout overflows (``NonFiniteError``: e.g. a tumbling rocket's
+        shifted plan, through a wrong model's quadratic rate dynamics) is dropped and the
+        batch solved again from zero controls, counted in ``stats["cold_retries"]``."""
         x0 = self.state(obs)
         u_init = self.initial_plans(obs, x0)
+        overrides = self.cost_overrides(x0)
         with warnings.catch_warnings():
             # counted and reported once by _count instead of a warning per call
             warnings.simplefilter("ignore", UnconvergedWarning)
-            sol = self.ctrl(x0, u_init=u_init, **self.cost_overrides(x0))
+            try:
+                sol = self.ctrl(x0, u_init=u_init, **overrides)
+            except NonFiniteError:
+                if u_init is None:
+                    raise
+                self.stats["cold_retries"] += 1
+                sol = self.ctrl(x0, u_init=None, **overrides)
         self._count(sol)
         self._remember(obs, sol)
         return sol

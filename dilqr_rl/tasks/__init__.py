@@ -1,4 +1,5 @@
-"""The task registry: one :class:`Task` per system (``pendulum``, ``cartpole``, ``rocket``).
+"""The task registry: one :class:`Task` per system (``pendulum``, ``cartpole``, ``rocket``,
+``rocket_timed``).
 
 ``get(name)`` returns a task; ``register(task)`` adds one (and its Gymnasium id, served by the
 generic :class:`dilqr_rl.envs.DynamicsEnv`, unless ``entry_point`` names an env class of its
@@ -14,7 +15,7 @@ from typing import Any
 from .base import Task, Tracking, uniform
 from .cartpole import CARTPOLE
 from .pendulum import PENDULUM
-from .rocket import ROCKET
+from .rocket import ROCKET, ROCKET_TIMED
 
 __all__ = ["TASKS", "Task", "Tracking", "for_env", "get", "names", "register", "uniform"]
 
@@ -86,5 +87,5 @@ def names() -> list[str]:
     return list(TASKS)
 
 
-for _t in (PENDULUM, CARTPOLE, ROCKET):
+for _t in (PENDULUM, CARTPOLE, ROCKET, ROCKET_TIMED):
     TASKS[_t.name] = _t

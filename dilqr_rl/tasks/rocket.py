@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from ..cost import FunctionCost
-from ..models import Rocket
+from ..models import Rocket, TimedRocket
 from .base import Task, Tracking, uniform
 
-__all__ = ["ROCKET", "COST_WEIGHTS", "final_cost", "stage_cost", "tilt"]
+__all__ = ["ROCKET", "ROCKET_TIMED", "COST_WEIGHTS", "final_cost", "stage_cost", "tilt",
+           "timed_final_cost", "timed_stage_cost"]
 
 #: ``(w_r, w_v, w_tilt, w_w, w_side, w_thrust)``: Safe-PDP / DiLQR's (docs/rocket.md) except
 #: ``w_v = 4`` (theirs: 1). With 1, closed-loop MPC touches down at 1.5 m/s; with 4, at 0.9
@@ -126,3 +127,66 @@ ROCKET = Task(
     # a receding fixed-length horizon chases a target that moves with it and dives into the
     # ground 1.1 m short at 18 deg tilt; planning to a fixed landing time lands
     shrink_horizon=True, min_horizon=5, success=success, identifiable=identifiable)
+
+
+# ----------------------------------------------------------------------------- the timed rocket
+# The same landing for an actor whose plans all have one length (an SB3 policy): the state
+# carries the steps to the landing time ``k`` (TimedRocket), and the cost charges the state
+# only up to the landing time. A plan of length ``T >= k`` then has the same optimal first
+# ``k`` controls as the shrinking-horizon plan of length ``k`` (the later controls move only
+# states that cost nothing, so they just minimize the thrust terms): fixed-horizon MPC on
+# the timed task is the rocket's closed-loop MPC (tests/test_rocket_timed.py).
+
+
+def _on(k: Tensor) -> Tensor:
+    """Whether a stage is at or before the landing time (``k >= 0``; ``k`` is integral)."""
+    return k > -0.5
+
+
+def timed_final_cost(x: Tensor, weights: Tensor) -> Tensor:
+    """The landing cost of ``x (..., 14)`` where its clock ``k = x[..., 13]`` is ``>= 0``,
+    else 0; ``weights (..., 6)`` -> ``(...)``."""
+    return torch.where(_on(x[..., 13]), final_cost(x[..., :13], weights), 0.0)
+
+
+def timed_stage_cost(x: Tensor, u: Tensor, weights: Tensor) -> Tensor:
+    """:func:`timed_final_cost` plus the thrust terms of :func:`stage_cost` (every stage): at
+    ``k > 0`` it is the rocket's stage cost, at ``k = 0`` its final cost (``u`` then moves
+    only states past the landing time)."""
+    return (timed_final_cost(x, weights) + weights[..., 4] * _sq(u[..., 1:])
+            + weights[..., 5] * _sq(u))
+
+
+def make_timed_cost() -> FunctionCost:
+    """The timed landing cost with learnable ``weights (6,)`` (the rocket's)."""
+    return FunctionCost(timed_stage_cost, timed_final_cost,
+                        {"weights": torch.tensor(COST_WEIGHTS)}, n_state=14, n_ctrl=3,
+                        positive=("weights",))
+
+
+def timed_reward(x: np.ndarray, u: np.ndarray) -> float:
+    """The rocket's reward of the 13 physical states (the clock does not count)."""
+    return reward(x[:13], u)
+
+
+def timed_sample_start(rng: np.random.Generator) -> np.ndarray:
+    """The rocket's start with the clock at the landing time: ``k = ROCKET.horizon``."""
+    return np.append(sample_start(rng), float(ROCKET.horizon))
+
+
+def timed_sample_demo_start(gen: torch.Generator, n: int) -> Tensor:
+    """The rocket's imitation starts with the clock at ``ROCKET.horizon``."""
+    x = sample_demo_start(gen, n)
+    return torch.cat([x, x.new_full((n, 1), float(ROCKET.horizon))], -1)
+
+
+ROCKET_TIMED = Task(
+    name="rocket_timed", model=TimedRocket, cost=make_timed_cost, reward=timed_reward,
+    sample_start=timed_sample_start, sample_demo_start=timed_sample_demo_start,
+    # the plan covers the whole descent (k starts at 40); the env's clock stops at
+    # min_horizon, so that a rocket still flying after the landing time keeps planning 5
+    # steps ahead, as the rocket's shrinking horizon does
+    horizon=ROCKET.horizon, min_horizon=ROCKET.min_horizon, learn_init=ROCKET.learn_init,
+    unit_blocks=ROCKET.unit_blocks, state_names=(*ROCKET.state_names, "steps to landing k"),
+    env_id="dilqr_rl/RocketTimed-v0", episode_steps=ROCKET.episode_steps,
+    success=success, identifiable=identifiable)

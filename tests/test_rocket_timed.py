@@ -1,0 +1,155 @@
+"""The timed rocket (task ``rocket_timed``, env ``dilqr_rl/RocketTimed-v0``): a plan of fixed
+length with the clock in the state is the rocket's shrinking-horizon plan, so the SB3 actor
+lands; and the solver and the actor survive the overflowing rollouts of a tumbling rocket."""
+
+from __future__ import annotations
+
+import types
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import dilqr_rl as dl
+import dilqr_rl.envs  # noqa: F401  (registers the ids)
+from dilqr_rl.ilqr_step import _negative_curvature
+from dilqr_rl.models import hessian_rows, jacobian_rows
+
+torch.set_num_threads(1)
+ROCKET, TIMED = dl.tasks.get("rocket"), dl.tasks.get("rocket_timed")
+
+
+def _x0(seed: int = 0) -> torch.Tensor:
+    return torch.tensor(ROCKET.sample_start(np.random.default_rng(seed)))[None]
+
+
+@pytest.mark.parametrize("h", [40, 9])
+def test_fixed_length_plan_is_the_shrinking_plan(h: int) -> None:
+    """With ``k = h`` steps to the landing time, the 40-step timed plan's first ``h`` controls
+    are the ``h``-step rocket plan's; the later ones only minimize the thrust terms (0)."""
+    x0 = _x0()
+    short = ROCKET.controller(horizon=h)(x0)
+    timed = TIMED.controller(horizon=40)(torch.cat([x0, x0.new_full((1, 1), float(h))], -1))
+    assert bool(short.converged.all()) and bool(timed.converged.all())
+    torch.testing.assert_close(timed.u[:, :h], short.u, atol=1e-9, rtol=0)
+    assert float(timed.u[:, h:].detach().abs().sum()) < 1e-9
+    torch.testing.assert_close(timed.x[:, :h + 1, :13], short.x, atol=1e-9, rtol=0)
+    assert timed.x[0, :, 13].tolist() == [float(h - t) for t in range(41)]
+
+
+def test_timed_model_derivatives_match_autograd() -> None:
+    dyn = TIMED.dynamics(dtype=torch.float64, Jx=0.7, l=1.3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 14, generator=gen, dtype=torch.float64)
+    u = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    lam = torch.randn(5, 14, generator=gen, dtype=torch.float64)
+    th = dyn.theta().detach()
+    z = torch.cat([x, u], -1)
+    y, F = dyn.jacobians(x, u, th)
+    y_ad, F_ad = jacobian_rows(lambda zz: dyn.step(zz[..., :14], zz[..., 14:], th), z)
+    torch.testing.assert_close(y, y_ad)
+    torch.testing.assert_close(F, F_ad)
+    assert F[:, 13].tolist() == [[0.0] * 13 + [1.0] + [0.0] * 3] * 5  # k' = k - 1
+    H = dyn.weighted_hessian(x, u, th, lam)
+    H_ad = hessian_rows(lambda zz: (lam * dyn.step(zz[..., :14], zz[..., 14:], th)).sum(), z,
+                        False)
+    torch.testing.assert_close(H, H_ad)
+
+
+def test_env_clock_reward_and_touchdown_are_the_rockets() -> None:
+    """The timed env is ``Rocket-v0`` plus the clock: the same states and rewards for the same
+    seed and actions, the clock 40, 39, ... never below ``min_horizon``."""
+    timed, plain = gym.make("dilqr_rl/RocketTimed-v0"), gym.make("dilqr_rl/Rocket-v0")
+    assert timed.observation_space.shape == (14,)
+    ot, _ = timed.reset(seed=3)
+    op, _ = plain.reset(seed=3)
+    np.testing.assert_array_equal(ot[:13], op)
+    clock = [float(ot[13])]
+    a = np.array([0.5, 0.01, -0.01], np.float32)  # ~ hovering: no touchdown in 45 steps
+    for _ in range(45):
+        ot, rt, term_t, _, _ = timed.step(a)
+        op, rp, term_p, _, _ = plain.step(a)
+        np.testing.assert_array_equal(ot[:13], op)
+        assert rt == rp and term_t == term_p
+        clock.append(float(ot[13]))
+    assert clock[:3] == [40.0, 39.0, 38.0] and clock[34:] == [6.0] + [5.0] * 11
+    with pytest.raises(ValueError, match="shape"):
+        timed.reset(options={"state": np.zeros(13)})
+
+
+@pytest.mark.slow
+def test_closed_loop_timed_equals_shrinking_and_lands() -> None:
+    from dilqr_rl.agents.mpc import run_mpc
+
+    a = run_mpc("dilqr_rl/Rocket-v0", 1, seed=11)
+    b = run_mpc("dilqr_rl/RocketTimed-v0", 1, seed=11)
+    assert a["success"] == b["success"] == [True]
+    assert b["returns"] == pytest.approx(a["returns"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_sb3_actor_lands_the_timed_rocket() -> None:
+    """The SB3 DiLQR actor (one plan length) with the true model lands ``RocketTimed-v0``;
+    the same actor on ``Rocket-v0`` (no clock) is the fixed horizon that dives."""
+    from dilqr_rl.sb3 import DiLQRActor, controller_spec
+
+    env = gym.make("dilqr_rl/RocketTimed-v0")
+    actor = DiLQRActor(controller_spec("dilqr_rl/RocketTimed-v0", {}, config={"max_iter": 10}),
+                       env.action_space).eval()
+    obs, _ = env.reset(seed=11)
+    info: dict = {}
+    with torch.no_grad():
+        for _ in range(100):
+            a = actor(torch.as_tensor(obs)[None])[0].numpy()
+            obs, _, term, trunc, info = env.step(a)
+            if term or trunc:
+                break
+    assert term and info["landed"] and info["speed"] < 1.0, info
+
+
+def test_actor_retries_an_overflowing_warm_start_cold(monkeypatch) -> None:
+    from dilqr_rl.sb3 import DiLQRActor, controller_spec
+
+    env = gym.make("dilqr_rl/Pendulum-v0")
+    actor = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}), env.action_space).eval()
+    obs = torch.tensor([[1.0, 0.0, 0.0]])
+    actor(obs)  # a plan to warm-start from
+    solve = actor.ctrl.forward
+    seen: list[bool] = []
+
+    def flaky(x0, u_init=None, **kw):
+        seen.append(u_init is not None)
+        if u_init is not None:
+            raise dl.NonFiniteError("the initial rollout is not finite")
+        return solve(x0, u_init=u_init, **kw)
+
+    monkeypatch.setattr(actor.ctrl, "forward", flaky)
+    a = actor(obs)
+    assert seen == [True, False] and actor.stats["cold_retries"] == 1
+    assert torch.isfinite(a).all()
+    monkeypatch.setattr(actor.ctrl, "forward", lambda *a, **k: (_ for _ in ()).throw(
+        dl.NonFiniteError("x0 itself")))
+    actor.reset()
+    actor.plans.clear()
+    with pytest.raises(dl.NonFiniteError):  # no warm start to drop: the error stands
+        actor(torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+def test_negative_curvature_survives_huge_and_nonfinite_pivots() -> None:
+    """A tumbling rocket's rollout gave ``Quu ~ 1e60``, on which LAPACK's ``eigh`` failed to
+    converge: the direction is computed on ``Quu`` scaled to O(1), and a non-finite ``Quu``
+    offers none."""
+    T, m, n = 4, 2, 3
+    Quu = torch.eye(m, dtype=torch.float64).repeat(3, T, 1, 1)
+    Quu[0, 2] = torch.tensor([[1e60, 0.0], [0.0, -3e59]], dtype=torch.float64)  # indefinite
+    Quu[1, 1, 0, 0] = float("inf")
+    Quu[2, 3] = torch.tensor([[-1.0, 0.0], [0.0, 2.0]])
+    gains = types.SimpleNamespace(Quu=Quu, free=torch.ones(3, T, m, dtype=torch.bool),
+                                  K=torch.ones(3, T, m, n, dtype=torch.float64))
+    K, k = _negative_curvature(gains)
+    assert torch.isfinite(K).all() and torch.isfinite(k).all()
+    assert k[0, 2].abs().tolist() == [0.0, 1.0] and k[0, [0, 1, 3]].abs().sum() == 0
+    assert k[1].abs().sum() == 0  # no direction from an inf Quu (k = 0: the same trajectory)
+    assert k[2, 3].abs().tolist() == [1.0, 0.0]
+    assert K[0, 3].abs().sum() > 0 and K[0, :3].abs().sum() == 0  # later steps follow K
