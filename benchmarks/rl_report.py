@@ -48,7 +48,14 @@ def param_errors(env: str, rs: list[dict[str, Any]]) -> dict[str, Any]:
         c = task.combinations(torch.tensor([p[k] for k in names], dtype=torch.float64))
         return np.array([float(v) for v in c.values()])
 
-    out: dict[str, Any] = {"params_end": [r["params"][-1] for r in rs]}
+    def err(p: dict[str, float]) -> float:  # the identifiable error where declared
+        if task.identifiable is None:
+            return _rel(np.array([p[k] for k in names]), th)
+        return _rel(combos(p), combos(truth))
+
+    curves = np.array([[err(p) for p in r["params"]] for r in rs])
+    out: dict[str, Any] = {"params_end": [r["params"][-1] for r in rs],
+                           "model_error_curve": curves.mean(0).tolist()}
     for when, i in (("start", 0), ("end", -1)):
         out[f"param_error_{when}"] = float(np.mean(
             [_rel(np.array([r["params"][i][k] for k in names]), th) for r in rs]))
@@ -78,6 +85,7 @@ def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, flo
     }
     if all(s and s[-1] is not None for s in succ):
         rec["final_success"] = float(np.mean([s[-1] for s in succ]))
+        rec["success_curve"] = np.mean(np.array(succ, dtype=float), 0).tolist()
     if is_dilqr(m):
         rec.update(param_errors(env, rs))
     return rec
@@ -193,7 +201,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     envs = list(report["envs"])
-    fig, axes = plt.subplots(2, len(envs), figsize=(5.5 * len(envs), 8), squeeze=False)
+    fig, axes = plt.subplots(4, len(envs), figsize=(5.5 * len(envs), 15), squeeze=False)
     for col, env in enumerate(envs):
         er = report["envs"][env]
         refs = [er["mpc_true"]["mean"], er["mpc_wrong"]["mean"], er["threshold"]]
@@ -224,6 +232,38 @@ def plot(report: dict[str, Any], path: str) -> None:
                 ax.set_ylim(lo - pad, hi + pad)
                 ax.set_title("zoom on the references")
         axes[0, col].legend(fontsize=7)
+        _extra_rows(axes[2, col], axes[3, col], env, er)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _extra_rows(ax_s: Any, ax_m: Any, env: str, er: dict[str, Any]) -> None:
+    """Row 3: the success rate of each method's evaluations (the task's rule; the rocket's
+    return barely tells a landing from a crash), with the true-model MPC's. Row 4: the DiLQR
+    model's error relative to the truth, on the combinations the dynamics depend on where the
+    task declares them (the pendulum's ``g / l`` and ``m l^2``, the rocket's ``m`` and
+    ``J / l``), else on the parameters."""
+    for i, (m, r) in enumerate(er["methods"].items()):
+        t = np.array(r["timesteps"])
+        if "success_curve" in r:
+            ax_s.plot(t, r["success_curve"], "o-" if is_dilqr(m) else "-", ms=3,
+                      color=f"C{i}", label=m)
+        if "model_error_curve" in r:
+            ax_m.plot(t, r["model_error_curve"], "o-", ms=3, color=f"C{i}", label=m)
+    if er["mpc_true"].get("success") is not None:
+        ax_s.axhline(er["mpc_true"]["success"], color="k", ls="--", label="MPC, true model")
+    ax_s.set_ylim(-0.05, 1.05)
+    ax_s.set_ylabel("evaluation success rate")
+    ax_s.set_title("success (mean over seeds)")
+    ident = tasks.for_env(env).identifiable is not None
+    ax_m.set_yscale("log")
+    ax_m.set_ylabel("|model - truth| / |truth|" + (" (identifiable)" if ident else ""))
+    ax_m.set_title("DiLQR model error" + (" on the identifiable combinations" if ident else ""))
+    for ax in (ax_s, ax_m):
+        ax.set_xscale("symlog", linthresh=256)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
