@@ -152,3 +152,28 @@ def test_negative_curvature_survives_huge_and_nonfinite_pivots() -> None:
     assert k[1].abs().sum() == 0  # no direction from an inf Quu (k = 0: the same trajectory)
     assert k[2, 3].abs().tolist() == [1.0, 0.0]
     assert K[0, 3].abs().sum() > 0 and K[0, :3].abs().sum() == 0  # later steps follow K
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
+def test_actor_sets_apart_samples_whose_model_blows_up() -> None:
+    """A batch in which one sample's rollout overflows whatever the controls (here its rate,
+    1e200, squared in the cost): the others are solved as they would be alone, with their
+    gradient; the bad one gets the zero plan and no gradient, and is counted. A batch of bad
+    samples only still raises."""
+    from dilqr_rl.sb3 import DiLQRActor, controller_spec
+
+    env = gym.make("dilqr_rl/Pendulum-v0")
+    actor = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}), env.action_space).train()
+    good = torch.tensor([[0.99, 0.1411, 0.2], [0.995, -0.0998, -0.1]], dtype=torch.float64)
+    alone = actor.solve(good)
+    obs = torch.cat([good[:1], torch.tensor([[1.0, 0.0, 1e200]], dtype=torch.float64),
+                     good[1:]])
+    sol = actor.solve(obs)
+    assert actor.stats["nonfinite"] == 1
+    torch.testing.assert_close(sol.u[[0, 2]], alone.u.to(sol.u), atol=1e-8, rtol=0)
+    assert sol.u[1].abs().sum() == 0 and not bool(sol.converged[1])
+    sol.u.sum().backward()  # (first controls may sit on the bound: the whole plan)
+    g = actor.ctrl.dynamics.g.grad
+    assert g is not None and torch.isfinite(g) and g != 0
+    with pytest.raises(dl.NonFiniteError):
+        actor.solve(obs[1:2])

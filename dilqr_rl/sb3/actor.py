@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from ..ilqr import Solution
+from ..ilqr import Solution, rollout
 from ..ilqr_types import NonFiniteError
 from ..layer import UnconvergedWarning
 from .obs import resolve_obs_to_state
@@ -81,8 +81,13 @@ class DiLQRActor(nn.Module):
         self.sequential = SequentialWarmStart(warm_tol)
         #: plans of the observations seen, for training-time warm starts
         self.plans = WarmStartCache(int(plan_cache))
+        #: whether solves read and fill :attr:`plans`; evaluations turn it off (a plan cached
+        #: under another model is a warm start that, in a nonconvex problem with capped
+        #: iterations, can lead to another local plan: the policy would depend on its history)
+        self.use_plan_cache = True
         #: solve statistics since the last reset by :class:`DiLQRLoggingCallback`
-        self.stats = {"solves": 0, "unconverged": 0, "iterations": 0, "cold_retries": 0}
+        self.stats = {"solves": 0, "unconverged": 0, "iterations": 0, "cold_retries": 0,
+                      "nonfinite": 0}
         self._warned = False
 
     def _make_cost_net(self, arch: tuple[int, ...]) -> nn.Module:
@@ -165,14 +170,15 @@ class DiLQRActor(nn.Module):
         hit = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
         if self.use_sequential():
             hit |= self.sequential.lookup(x0, init)
-        if len(self.plans) and not bool(hit.all()):
+        if self.use_plan_cache and len(self.plans) and not bool(hit.all()):
             hit |= self.plans.lookup(obs, init, where=~hit)
         return init if bool(hit.any()) else None
 
     def _remember(self, obs: Tensor, sol: Solution) -> None:
         if self.use_sequential():
             self.sequential.remember(sol.u, sol.x[:, 1])
-        self.plans.store(obs, sol.u)
+        if self.use_plan_cache:
+            self.plans.store(obs, sol.u)
 
     def _count(self, sol: Solution) -> None:
         bad = int((~sol.converged).sum())
@@ -194,7 +200,11 @@ class DiLQRActor(nn.Module):
 
         A warm start whose rollout overflows (``NonFiniteError``: e.g. a tumbling rocket's
         shifted plan, through a wrong model's quadratic rate dynamics) is dropped and the
-        batch solved again from zero controls, counted in ``stats["cold_retries"]``."""
+        batch solved again from zero controls, counted in ``stats["cold_retries"]``. If that
+        overflows too, the samples whose zero-control rollout is not finite (the model
+        predicts a blow-up whatever the controls) get a zero plan with no gradient, counted in
+        ``stats["nonfinite"]``, and the others are solved; with no such sample, or only such
+        samples, the error is raised."""
         x0 = self.state(obs)
         u_init = self.initial_plans(obs, x0)
         overrides = self.cost_overrides(x0)
@@ -203,14 +213,61 @@ class DiLQRActor(nn.Module):
             warnings.simplefilter("ignore", UnconvergedWarning)
             try:
                 sol = self.ctrl(x0, u_init=u_init, **overrides)
-            except NonFiniteError:
-                if u_init is None:
-                    raise
-                self.stats["cold_retries"] += 1
-                sol = self.ctrl(x0, u_init=None, **overrides)
+            except NonFiniteError as err:
+                if u_init is not None:
+                    self.stats["cold_retries"] += 1
+                sol = self._solve_finite(x0, overrides, err, retry=u_init is not None)
         self._count(sol)
         self._remember(obs, sol)
         return sol
+
+    def _solve_finite(self, x0: Tensor, overrides: dict[str, Tensor], err: NonFiniteError,
+                      retry: bool) -> Solution:
+        """After ``err``: a cold solve of ``x0 (B, n)`` (with ``retry``), else of the samples
+        whose zero-control rollout is finite, with a zero plan (no gradient) for the others
+        (see :meth:`solve`)."""
+        if retry:
+            try:
+                return self.ctrl(x0, **overrides)
+            except NonFiniteError as e:
+                err = e
+        ok = self._finite_at_rest(x0, overrides)
+        if bool(ok.all()) or not bool(ok.any()):
+            raise err  # nothing to set apart
+        self.stats["nonfinite"] += int((~ok).sum())
+        B, T, n, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_state, self.ctrl.n_ctrl
+        sub = self.ctrl(x0[ok], **{k: v[ok] if v.dim() > len(self._cost_shapes[k]) else v
+                                    for k, v in overrides.items()})
+        good, bad = torch.nonzero(ok)[:, 0], torch.nonzero(~ok)[:, 0]
+        u0 = self._zero_plan(x0.new_zeros(bad.numel(), T, m))
+        x_bad = x0[bad].detach()[:, None].expand(-1, T + 1, n)
+
+        def merge(a: Tensor, b: Tensor) -> Tensor:  # differentiable in the solved part
+            out = a.new_zeros(B, *a.shape[1:])
+            return out.index_copy(0, good, a).index_copy(0, bad, b.to(a))
+
+        return Solution(
+            x=merge(sub.x, x_bad), u=merge(sub.u, u0),
+            cost=merge(sub.cost, sub.cost.new_full((bad.numel(),), math.inf)),
+            converged=merge(sub.converged, torch.zeros_like(bad, dtype=torch.bool)),
+            iterations=merge(sub.iterations, torch.zeros_like(bad)),
+            free=merge(sub.free, torch.ones(bad.numel(), T, m, dtype=torch.bool,
+                                            device=x0.device)))
+
+    def _zero_plan(self, u: Tensor) -> Tensor:
+        """Zero controls ``(b, T, m)``, clamped into the control box."""
+        return torch.maximum(torch.minimum(u, self.u_hi.to(u)), self.u_lo.to(u))
+
+    @torch.no_grad()
+    def _finite_at_rest(self, x0: Tensor, overrides: dict[str, Tensor]) -> Tensor:
+        """``(B,)`` bool: the samples whose rollout of zero controls, and its cost, are finite
+        (the solver's check of a cold start, sample by sample)."""
+        B, T, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_ctrl
+        theta, P = self.ctrl._params(B, x0, None, overrides)
+        u = self._zero_plan(x0.new_zeros(B, T, m))
+        x = rollout(self.ctrl.dynamics, x0, u, theta)
+        J = self.ctrl.cost.total(x, u, P)
+        return torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Actions ``(B, m)`` float32 from observations ``(B, obs_dim)``."""
