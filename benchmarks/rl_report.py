@@ -159,6 +159,56 @@ def env_report(env: str, opt: argparse.Namespace, runs: list[dict[str, Any]],
     return er
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The results as Markdown: per env the references, then one row per method (seeds, steps
+    to target per seed, final return, success, model error, ms per training env step), then
+    the per-seed verdicts of the target."""
+    out = ["# RL sample efficiency (`benchmarks/rl_sample_efficiency.py`)\n",
+           f"DiLQR runs: {report['budget']} env steps (rocket {report['rocket_budget']}; "
+           f"`*_4x`: 4x); MLP runs: {report['mlp_budget']}; an evaluation every "
+           f"{report['eval_freq']} steps on {report['eval_episodes']} fixed starts per seed; "
+           f"{report['max_iter']} iLQR iterations per solve; 1 torch thread per run.\n"]
+    for env, er in report["envs"].items():
+        mt, mw = er["mpc_true"], er["mpc_wrong"]
+        out.append(f"\n## {env.split('/')[-1]}\n")
+        out.append(f"References on the same starts: MPC with the true model {mt['mean']:.1f} "
+                   f"(success {mt['success']:.2f}); with the initial model {mw['mean']:.1f} "
+                   f"(success {mw['success']:.2f}). Target per seed: a return within 10 % of "
+                   "the true model's"
+                   + (", and its success rate on that seed's starts" if er.get(
+                       "seed_min_success") else "") + ".\n")
+        out.append("| method | seeds | steps to target, per seed | final return | final "
+                   "success | model error start -> end | ms per env step |")
+        out.append("|---|---|---|---|---|---|---|")
+        for m, r in er["methods"].items():
+            steps = ", ".join(str(v) if v is not None else "never"
+                              for v in r["seed_steps_to_target"].values())
+            err = ""
+            if "param_error_start" in r:
+                key = "identifiable_error" if "identifiable_error_start" in r else "param_error"
+                err = f"{r[key + '_start']:.3f} -> {r[key + '_end']:.3g}"
+            succ = r.get("final_success")
+            out.append(f"| {m} | {', '.join(map(str, r['seeds']))} | {steps} | "
+                       f"{r['final_mean']:.1f} +- {r['final_std']:.1f} | "
+                       f"{'' if succ is None else f'{succ:.2f}'} | {err} | "
+                       f"{1e3 * r['train_s_per_step']:.0f} |")
+        def verdict(s: str, t: dict[str, Any]) -> str:
+            ratio = f"ratio {t['ratio']:.3f}, " if t["ratio"] else ""
+            return (f"seed {s}: {t['dilqr_method']} {t['dilqr_steps']} against "
+                    f"{t['mlp_method'] or 'no MLP'} {t['mlp_steps'] or 'never'} "
+                    f"({ratio}holds: {t['holds']})")
+
+        verdicts = [verdict(s, t) for s, t in er["targets"].items()]
+        if verdicts:
+            out.append("\nTarget (best DiLQR variant within 1/10 of the best MLP's steps): "
+                       + "; ".join(verdicts) + ".")
+    out.append("\nModel error: relative, on the identifiable combinations where the task "
+               "declares them (pendulum `g/l`, `m l^2`; rocket `m`, `J/l`), else on the "
+               "parameters. ms per env step: training wall time without evaluations, runs "
+               "sharing 2 cores with other jobs.")
+    return "\n".join(out) + "\n"
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(f"DiLQR budget {report['budget']} env steps (rocket {report['rocket_budget']}), MLP "
           f"{report['mlp_budget']}, seeds {report['seeds']}, wall {report['wall_s'] / 60:.1f} min")

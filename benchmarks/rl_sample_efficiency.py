@@ -39,7 +39,7 @@ Usage (default: 3 seeds, all five envs; one torch thread per worker)::
 Finished runs are cached (``runs/rl_sample_efficiency/<run>/result.json``); ``--reuse`` takes
 them instead of retraining, so a killed benchmark resumes and envs can be run in parts (the
 JSON merges envs of earlier invocations). Writes
-``benchmarks/results/rl_sample_efficiency.{json,png}``.
+``benchmarks/results/rl_sample_efficiency.{json,png,md}``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 from rl_methods import ENVS, METHODS, run_args, true_params, wrong_params
-from rl_report import env_report, plot, print_table
+from rl_report import env_report, markdown, plot, print_table
 
 import dilqr_rl.envs  # noqa: F401  (registers the ids: tasks.for_env knows them)
 from dilqr_rl import tasks
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(opt.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
     plot(report, opt.out + ".png")
+    with open(opt.out + ".md", "w") as f:
+        f.write(markdown(report))
     print_table(report)
     return 0
 
