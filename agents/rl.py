@@ -101,11 +101,27 @@ def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0,
     """Deterministic returns of one episode per env of ``envs`` (a list; or one env, which
     then plays ``episodes`` episodes in turn) with seeds ``seed, seed+1, ...``. The envs of a
     list run in lockstep, so a DiLQR actor plans for all of them in one batched solve (its warm
-    start is reset before and after). For a list of envs of a task that declares ``success``,
-    ``outcome`` (if given) receives ``"success"``: the task's verdict per episode."""
+    start is reset before and after). A DiLQR actor's plan cache is neither read nor filled:
+    each solve starts from the previous step's plan or from zero controls, as closed-loop MPC
+    does, so that an evaluation is a function of the current model alone (a start's plan cached
+    at the previous evaluation, under another model, made the rocket miss a landing that a
+    fresh actor with the same model makes). For a list of envs of a task that declares
+    ``success``, ``outcome`` (if given) receives ``"success"``: the task's verdict per
+    episode."""
     actor = _actor(model)
-    if actor is not None:
-        actor.reset()
+    if actor is None:
+        return _evaluate(model, envs, episodes, seed, outcome)
+    actor.reset()
+    cached, actor.use_plan_cache = actor.use_plan_cache, False
+    try:
+        return _evaluate(model, envs, episodes, seed, outcome)
+    finally:
+        actor.use_plan_cache = cached
+
+
+def _evaluate(model: Any, envs: Any, episodes: int | None, seed: int,
+              outcome: dict[str, Any] | None) -> list[float]:
+    actor = _actor(model)
 
     def act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]

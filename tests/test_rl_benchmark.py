@@ -41,6 +41,36 @@ def test_first_reach_and_threshold() -> None:
     assert rl_report.first_reach([0, 128], [-900.0, -500.0], -110.0) is None
 
 
+def test_success_target_for_the_rocket() -> None:
+    """Where the return cannot tell a landing from a crash (the rocket), the target also asks
+    for the true-model MPC's success rate on the seed's starts."""
+    t, curve, succ = [0, 256, 512], [-27909.0, -28000.0, -29569.0], [0.0, 0.0, 1.0]
+    assert rl_report.first_reach(t, curve, -32000.0) == 0  # the wrong model's crash "meets" it
+    assert rl_report.first_reach(t, curve, -32000.0, succ, 0.5) == 512
+    assert rl_report.first_reach(t, curve, -32000.0, [None, None, None], 0.5) is None
+    assert rl_methods.SUCCESS_TARGET == {"rocket", "rocket_timed"}
+    assert "dilqr_rl/RocketTimed-v0" in rl_methods.ENVS
+
+
+def test_markdown_lists_every_method_and_verdict() -> None:
+    er = _er({"dilqr_sac_sysid": {"0": 256}, "mlp_sac": {"0": 3584}})
+    for m in ("dilqr_sac_sysid", "mlp_sac"):
+        er["methods"][m].update(seeds=[0], final_mean=-100.0, final_std=1.0,
+                                final_success=1.0, train_s_per_step=0.1)
+    er["methods"]["dilqr_sac_sysid"].update(identifiable_error_start=1.328,
+                                            identifiable_error_end=0.0372,
+                                            param_error_start=0.4, param_error_end=0.3)
+    er.update(mpc_true={"mean": -106.6, "success": 1.0},
+              mpc_wrong={"mean": -1171.8, "success": 0.17},
+              targets=rl_report.seed_targets(er, ["dilqr_sac_sysid", "mlp_sac"], [0], 10240))
+    md = rl_report.markdown({"budget": 1024, "rocket_budget": 1024, "mlp_budget": 10240,
+                             "eval_freq": 256, "eval_episodes": 2, "max_iter": 10,
+                             "envs": {"dilqr_rl/Pendulum-v0": er}})
+    assert "| dilqr_sac_sysid | 0 | 256 | -100.0 +- 1.0 | 1.00 | 1.328 -> 0.0372 | 100 |" in md
+    assert "| mlp_sac | 0 | 3584 |" in md
+    assert "seed 0: dilqr_sac_sysid 256 against mlp_sac 3584 (ratio 0.071, holds: True)" in md
+
+
 def test_wrong_models_are_wrong_where_the_dynamics_look() -> None:
     """Every parameter 40 % off, with signs that leave no identifiable combination exact (the
     pendulum's g / l and m l^2)."""

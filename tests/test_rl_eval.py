@@ -7,6 +7,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO  # noqa: E402
@@ -66,3 +67,23 @@ def test_evaluation_reports_the_task_success() -> None:
     mlp = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=32, batch_size=16, seed=0)
     rl.evaluate(mlp, [gym.make("Pendulum-v1", max_episode_steps=5)], seed=0, outcome=other)
     assert other == {}
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
+def test_evaluation_ignores_the_plan_cache() -> None:
+    """An evaluation neither reads nor fills the actor's plan cache: a plan cached for a start
+    (at a previous evaluation, under another model) is no warm start, so the returns are those
+    of an actor with an empty cache; training solves still use the cache afterwards."""
+    spec = sb3.controller_spec("pendulum", {"m": 1.3}, horizon=8, max_iter=2)
+    model = PPO(sb3.DiLQRActorCriticPolicy, _envs(1)[0], n_steps=32, batch_size=16, seed=0,
+                policy_kwargs={"controller": spec})
+    actor = model.policy.actor
+    clean = rl.evaluate(model, _envs(2), seed=7)
+    assert len(actor.plans) == 0
+    starts = np.stack([e.reset(seed=7 + i)[0] for i, e in enumerate(_envs(2))])
+    obs = torch.as_tensor(starts)
+    actor.plans.store(obs, torch.full((2, 8, 1), 2.0, dtype=torch.float64))  # max torque
+    init = actor.initial_plans(obs, actor.state(obs))  # the poisoned warm start is there...
+    assert init is not None and bool((init == 2.0).all())
+    assert rl.evaluate(model, _envs(2), seed=7) == pytest.approx(clean, rel=1e-12)
+    assert len(actor.plans) == 2 and actor.use_plan_cache  # ... and left alone
