@@ -89,6 +89,7 @@ class DiLQRActor(nn.Module):
         self.stats = {"solves": 0, "unconverged": 0, "iterations": 0, "cold_retries": 0,
                       "nonfinite": 0}
         self._warned = False
+        self._warned_nonfinite = False
 
     def _make_cost_net(self, arch: tuple[int, ...]) -> nn.Module:
         sizes = [self.ctrl.n_state, *arch]
@@ -203,8 +204,9 @@ class DiLQRActor(nn.Module):
         batch solved again from zero controls, counted in ``stats["cold_retries"]``. If that
         overflows too, the samples whose zero-control rollout is not finite (the model
         predicts a blow-up whatever the controls) get a zero plan with no gradient, counted in
-        ``stats["nonfinite"]``, and the others are solved; with no such sample, or only such
-        samples, the error is raised."""
+        ``stats["nonfinite"]`` and warned once, and the others are solved (an action is
+        needed in a rollout whatever the model predicts); with no such sample the error is
+        raised."""
         x0 = self.state(obs)
         u_init = self.initial_plans(obs, x0)
         overrides = self.cost_overrides(x0)
@@ -232,15 +234,27 @@ class DiLQRActor(nn.Module):
             except NonFiniteError as e:
                 err = e
         ok = self._finite_at_rest(x0, overrides)
-        if bool(ok.all()) or not bool(ok.any()):
-            raise err  # nothing to set apart
+        if bool(ok.all()):
+            raise err  # the overflow is not the model's at rest: nothing to set apart
         self.stats["nonfinite"] += int((~ok).sum())
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(f"DiLQR actor: the model's rollout overflows from {int((~ok).sum())} "
+                          f"of {ok.numel()} states whatever the controls (a tumbling system "
+                          "under a wrong model?); they get zero plans and no gradient. Counted "
+                          "in DiLQRActor.stats['nonfinite']; this warning is shown once.",
+                          UserWarning, stacklevel=4)
         B, T, n, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_state, self.ctrl.n_ctrl
-        sub = self.ctrl(x0[ok], **{k: v[ok] if v.dim() > len(self._cost_shapes[k]) else v
-                                    for k, v in overrides.items()})
         good, bad = torch.nonzero(ok)[:, 0], torch.nonzero(~ok)[:, 0]
         u0 = self._zero_plan(x0.new_zeros(bad.numel(), T, m))
         x_bad = x0[bad].detach()[:, None].expand(-1, T + 1, n)
+        if good.numel() == 0:
+            return Solution(x=x_bad.clone(), u=u0, cost=x0.new_full((B,), math.inf),
+                            converged=torch.zeros(B, dtype=torch.bool, device=x0.device),
+                            iterations=torch.zeros(B, dtype=torch.long, device=x0.device),
+                            free=torch.ones(B, T, m, dtype=torch.bool, device=x0.device))
+        sub = self.ctrl(x0[ok], **{k: v[ok] if v.dim() > len(self._cost_shapes[k]) else v
+                                    for k, v in overrides.items()})
 
         def merge(a: Tensor, b: Tensor) -> Tensor:  # differentiable in the solved part
             out = a.new_zeros(B, *a.shape[1:])
