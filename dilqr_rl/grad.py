@@ -30,6 +30,7 @@ direct dependence of that LQR's ``(F, f, C, c)`` on ``theta`` gives exactly the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,9 +187,12 @@ class _FixedPointFn(torch.autograd.Function):
             # through samples that did not reach the fixed point
             keep = converged.to(gx.dtype)
             gx, gu = gx * keep[:, None, None], gu * keep[:, None, None]
-        g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta,
-                                      dict(zip(spec.names, pvals, strict=True)), x, u, free, gx, gu,
-                                      exact=spec.exact)
+        P = dict(zip(spec.names, pvals, strict=True))
+        g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta, P, x, u, free, gx,
+                                      gu, exact=spec.exact)
+        if spec.config.on_unconverged != "raise" and not _all_finite(g0, gth, gP):
+            g0, gth, gP = _without_unconverged_failures(spec, x0, theta, P, x, u, free,
+                                                        converged, gx, gu, g0, gth, gP)
         for name, g in (("x0", g0), ("the dynamics parameters", gth), *gP.items()):
             if not bool(torch.isfinite(g).all()):
                 bad = ~torch.isfinite(g.reshape(g.shape[0], -1) if g.dim() > 1 else g[None])
@@ -198,6 +202,58 @@ class _FixedPointFn(torch.autograd.Function):
                     "model or the cost are not finite at the solution, or its reduced Hessian "
                     "is singular (check Solution.pivot)")
         return (None, g0, gth, *[gP[k] for k in spec.names])
+
+
+def _all_finite(g0: Tensor, gth: Tensor, gP: dict[str, Tensor]) -> bool:
+    return all(bool(torch.isfinite(g).all()) for g in (g0, gth, *gP.values()))
+
+
+def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dict[str, Tensor],
+                                  x: Tensor, u: Tensor, free: Tensor, converged: Tensor,
+                                  gx: Tensor, gu: Tensor, g0: Tensor, gth: Tensor,
+                                  gP: dict[str, Tensor]
+                                  ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The gradient again without the unconverged samples whose own gradient is not finite.
+
+    An unconverged sample is differentiated at its last iterate (``on_unconverged="warn"``),
+    where the reduced Hessian may be singular: its adjoint solve, hence its gradient, is then
+    not finite, and summed into shared parameters it would poison the whole batch's gradient.
+    Such samples (found by their per-sample gradient rows: ``x0``'s, and ``theta``'s and the
+    cost parameters' where per sample) get a zero gradient, with a warning. When a converged
+    sample's gradient is not finite, or no sample can be blamed, the gradient is returned as
+    is (the caller raises)."""
+    B = x0.shape[0]
+    shapes = spec.cost.param_shapes()
+
+    def per_sample(v: Tensor, k: str | None) -> bool:  # theta: (B, p) or shared (p,)
+        return v.dim() == 2 if k is None else v.dim() == len(shapes[k]) + 1
+
+    bad = ~torch.isfinite(g0).all(-1)
+    if per_sample(theta, None):
+        bad |= ~torch.isfinite(gth).all(-1)
+    for k, v in gP.items():
+        if per_sample(P[k], k):
+            bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
+    if not bool(bad.any()) or bool(bad.all()) or bool((bad & converged).any()):
+        return g0, gth, gP
+    good = torch.nonzero(~bad)[:, 0]
+    sub = {k: v[good] if per_sample(v, k) else v for k, v in P.items()}
+    th = theta[good] if per_sample(theta, None) else theta
+    s0, sth, sP = fixed_point_vjp(spec.dynamics, spec.cost, x0[good], th, sub, x[good],
+                                  u[good], free[good], gx[good], gu[good], exact=spec.exact)
+    warnings.warn(f"DiLQR: the implicit gradient of {int(bad.sum())} unconverged sample(s) "
+                  "is not finite (a singular reduced Hessian at the last iterate); they get "
+                  "no gradient", UnconvergedGradientWarning, stacklevel=2)
+
+    def put(full: Tensor, part: Tensor) -> Tensor:
+        return full.new_zeros(full.shape).index_copy(0, good, part)
+
+    return (put(g0, s0), put(gth, sth) if per_sample(theta, None) else sth,
+            {k: put(gP[k], v) if per_sample(P[k], k) else v for k, v in sP.items()})
+
+
+class UnconvergedGradientWarning(UserWarning):
+    """Unconverged samples whose implicit gradient is not finite were left out of it."""
 
 
 def solve_implicit(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,

@@ -198,3 +198,48 @@ def test_implicit_gradient_by_scan_equals_sequential(monkeypatch):
             (w * sol.u).sum() + sol.x.square().sum(), [xr, *dyn.parameters(),
                                                       *cost.parameters()])]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-11)
+
+
+def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
+    """An unconverged sample whose implicit gradient is not finite (a singular reduced Hessian
+    at its last iterate: seen on a tumbling rocket) gets no gradient, with a warning, and the
+    others get exactly the gradient of the batch without it; a converged sample's non-finite
+    gradient is left for the caller to raise."""
+    from dilqr_rl.grad import (
+        UnconvergedGradientWarning,
+        _Spec,
+        _without_unconverged_failures,
+        fixed_point_vjp,
+    )
+
+    task = dl.tasks.get("pendulum")
+    ctrl = task.controller(horizon=10, dtype=F64)
+    x0 = torch.tensor([[0.9, 0.43589, 0.5], [-1.0, 0.0, 0.0], [0.5, -0.8660254, 1.0]], dtype=F64)
+    with torch.no_grad():
+        sol = ctrl(x0)
+    theta = ctrl.dynamics.theta().detach()
+    P = {k: v.detach().expand(3, *v.shape) for k, v in ctrl.cost.params().items()}
+    gx, gu = torch.ones_like(sol.x), torch.ones_like(sol.u)
+    g0, gth, gP = fixed_point_vjp(ctrl.dynamics, ctrl.cost, x0, theta, P, sol.x, sol.u,
+                                  sol.free, gx, gu)
+    g0[1] = math.nan  # as if sample 1's adjoint solve had failed
+    gth = gth + math.nan
+    spec = _Spec(ctrl.dynamics, ctrl.cost, list(P), sol.u, None, None, ctrl.config, True)
+    conv = torch.tensor([True, False, True])
+    with pytest.warns(UnconvergedGradientWarning, match="1 unconverged"):
+        h0, hth, hP = _without_unconverged_failures(spec, x0, theta, P, sol.x, sol.u, sol.free,
+                                                    conv, gx, gu, g0, gth, gP)
+    keep = [0, 2]
+    r0, rth, rP = fixed_point_vjp(ctrl.dynamics, ctrl.cost, x0[keep], theta,
+                                  {k: v[keep] for k, v in P.items()}, sol.x[keep], sol.u[keep],
+                                  sol.free[keep], gx[keep], gu[keep])
+    torch.testing.assert_close(h0[keep], r0)
+    assert h0[1].abs().sum() == 0
+    torch.testing.assert_close(hth, rth)
+    for k in P:
+        torch.testing.assert_close(hP[k][keep], rP[k])
+        assert hP[k][1].abs().sum() == 0
+    # a converged sample with a non-finite gradient: nothing is left out
+    same = _without_unconverged_failures(spec, x0, theta, P, sol.x, sol.u, sol.free,
+                                         torch.ones(3, dtype=torch.bool), gx, gu, g0, gth, gP)
+    assert same[0] is g0 and same[1] is gth
