@@ -96,7 +96,8 @@ def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: IL
         raise NonFiniteError(f"the initial rollout is not finite for {int(bad.sum())} of "
                          f"{u.shape[0]} samples (first: sample {i}, cost {float(J[i])}): the "
                          "dynamics or the cost return NaN/inf at x0 with u_init; check the "
-                         "model's parameters, x0 and the bounds")
+                         "model's parameters, x0 and the bounds",
+                         samples=torch.nonzero(bad)[:, 0].tolist())
     B = u.shape[0]
     nan = torch.full_like(J, math.nan)
     no = torch.zeros(B, dtype=torch.bool, device=u.device)
@@ -200,7 +201,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         w_host, n_host, f_host = torch.stack([working, st.newton,
                                               _put(torch.ones_like(working), idx, finite)]).cpu()
         if not bool(f_host.all()):
-            raise NonFiniteError(_nonfinite_message(f_host, st.iterations))
+            raise NonFiniteError(_nonfinite_message(f_host, st.iterations),
+                                 samples=torch.nonzero(~f_host)[:, 0].tolist())
         if not bool(w_host.any()):
             break
         any_exact = bool((n_host & w_host).any())

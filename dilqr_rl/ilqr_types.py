@@ -21,7 +21,15 @@ __all__ = ["ILQRConfig", "NonFiniteError", "Solution"]
 class NonFiniteError(ValueError):
     """A NaN or inf appeared in the solve or its gradient although the inputs were finite
     (the model or the cost returns NaN/inf there): raised with what and where, never passed
-    on as a number, and distinct from \"did not converge\"."""
+    on as a number, and distinct from \"did not converge\".
+
+    :ivar samples: the batch indices of the samples where it appeared, when the solver knows
+        them (``None`` otherwise): a caller may set those samples apart and solve the rest
+    """
+
+    def __init__(self, message: str, samples: list[int] | None = None):
+        super().__init__(message)
+        self.samples = samples
 
 
 @dataclass(frozen=True)

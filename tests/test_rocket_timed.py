@@ -179,3 +179,30 @@ def test_actor_sets_apart_samples_whose_model_blows_up() -> None:
     lone = actor.solve(obs[1:2])
     assert lone.u.abs().sum() == 0 and actor.stats["nonfinite"] == 2
     assert torch.isfinite(actor(obs[1:2])).all()
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
+def test_actor_sets_apart_the_samples_the_solver_names(monkeypatch) -> None:
+    """A Newton step that is not finite for some samples (``NonFiniteError.samples``; seen in
+    a cart-pole PPO update) although their rollouts at rest are finite: those samples get the
+    zero plan, the others their own solution."""
+    from dilqr_rl.sb3 import DiLQRActor, controller_spec
+
+    env = gym.make("dilqr_rl/Pendulum-v0")
+    actor = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}), env.action_space).train()
+    obs = torch.tensor([[0.99, 0.1411, 0.2], [0.0, 1.0, 0.5], [0.995, -0.0998, -0.1]],
+                       dtype=torch.float64)
+    alone = actor.solve(obs[[0, 2]])
+    solve = actor.ctrl.forward
+
+    def flaky(x0, **kw):  # the state with sin = 1 "fails" wherever it is in the batch
+        hit = torch.nonzero(x0[:, 1] == 1.0)[:, 0].tolist()
+        if hit:
+            raise dl.NonFiniteError("the Newton step is not finite", samples=hit)
+        return solve(x0, **kw)
+
+    monkeypatch.setattr(actor.ctrl, "forward", flaky)
+    actor.plans.clear()
+    sol = actor.solve(obs)
+    assert actor.stats["nonfinite"] == 1 and sol.u[1].abs().sum() == 0
+    torch.testing.assert_close(sol.u[[0, 2]], alone.u, atol=1e-8, rtol=0)

@@ -202,8 +202,9 @@ class DiLQRActor(nn.Module):
         A warm start whose rollout overflows (``NonFiniteError``: e.g. a tumbling rocket's
         shifted plan, through a wrong model's quadratic rate dynamics) is dropped and the
         batch solved again from zero controls, counted in ``stats["cold_retries"]``. If that
-        overflows too, the samples whose zero-control rollout is not finite (the model
-        predicts a blow-up whatever the controls) get a zero plan with no gradient, counted in
+        overflows too, the samples where the solver met it (``NonFiniteError.samples``) and
+        those whose zero-control rollout is not finite (the model predicts a blow-up whatever
+        the controls) get a zero plan with no gradient, counted in
         ``stats["nonfinite"]`` and warned once, and the others are solved (an action is
         needed in a rollout whatever the model predicts); with no such sample the error is
         raised."""
@@ -226,35 +227,50 @@ class DiLQRActor(nn.Module):
     def _solve_finite(self, x0: Tensor, overrides: dict[str, Tensor], err: NonFiniteError,
                       retry: bool) -> Solution:
         """After ``err``: a cold solve of ``x0 (B, n)`` (with ``retry``), else of the samples
-        whose zero-control rollout is finite, with a zero plan (no gradient) for the others
-        (see :meth:`solve`)."""
+        the solver did not name in its error and whose zero-control rollout is finite, with a
+        zero plan (no gradient) for the others (see :meth:`solve`)."""
         if retry:
             try:
                 return self.ctrl(x0, **overrides)
             except NonFiniteError as e:
                 err = e
         ok = self._finite_at_rest(x0, overrides)
+        if err.samples:  # the samples where the solver met it (a Newton step, a rollout)
+            ok[err.samples] = False
         if bool(ok.all()):
-            raise err  # the overflow is not the model's at rest: nothing to set apart
+            raise err  # no sample to blame: nothing to set apart
+        sub = None
+        for _ in range(4):  # the rest may fail elsewhere: set those apart too, a few times
+            if not bool(ok.any()):
+                break
+            idx = torch.nonzero(ok)[:, 0]
+            try:
+                sub = self.ctrl(x0[idx], **{k: v[idx] if v.dim() > len(self._cost_shapes[k])
+                                            else v for k, v in overrides.items()})
+                break
+            except NonFiniteError as e:
+                if not e.samples:
+                    raise
+                ok[idx[e.samples]] = False
+        else:
+            raise err
         self.stats["nonfinite"] += int((~ok).sum())
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
-            warnings.warn(f"DiLQR actor: the model's rollout overflows from {int((~ok).sum())} "
-                          f"of {ok.numel()} states whatever the controls (a tumbling system "
-                          "under a wrong model?); they get zero plans and no gradient. Counted "
-                          "in DiLQRActor.stats['nonfinite']; this warning is shown once.",
-                          UserWarning, stacklevel=4)
+            warnings.warn(f"DiLQR actor: the solve overflows from {int((~ok).sum())} of "
+                          f"{ok.numel()} states (the model's rollout or its Newton steps: a "
+                          "tumbling system under a wrong model?); they get zero plans and no "
+                          "gradient. Counted in DiLQRActor.stats['nonfinite']; this warning "
+                          "is shown once.", UserWarning, stacklevel=4)
         B, T, n, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_state, self.ctrl.n_ctrl
         good, bad = torch.nonzero(ok)[:, 0], torch.nonzero(~ok)[:, 0]
         u0 = self._zero_plan(x0.new_zeros(bad.numel(), T, m))
         x_bad = x0[bad].detach()[:, None].expand(-1, T + 1, n)
-        if good.numel() == 0:
+        if sub is None:
             return Solution(x=x_bad.clone(), u=u0, cost=x0.new_full((B,), math.inf),
                             converged=torch.zeros(B, dtype=torch.bool, device=x0.device),
                             iterations=torch.zeros(B, dtype=torch.long, device=x0.device),
                             free=torch.ones(B, T, m, dtype=torch.bool, device=x0.device))
-        sub = self.ctrl(x0[ok], **{k: v[ok] if v.dim() > len(self._cost_shapes[k]) else v
-                                    for k, v in overrides.items()})
 
         def merge(a: Tensor, b: Tensor) -> Tensor:  # differentiable in the solved part
             out = a.new_zeros(B, *a.shape[1:])
