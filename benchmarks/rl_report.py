@@ -251,18 +251,21 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     envs = list(report["envs"])
+    # one color per method across every panel
+    names = list(dict.fromkeys(m for er in report["envs"].values() for m in er["methods"]))
+    color = {m: f"C{i % 10}" for i, m in enumerate(names)}
     fig, axes = plt.subplots(4, len(envs), figsize=(5.5 * len(envs), 15), squeeze=False)
     for col, env in enumerate(envs):
         er = report["envs"][env]
         refs = [er["mpc_true"]["mean"], er["mpc_wrong"]["mean"], er["threshold"]]
         for row in (0, 1):
             ax = axes[row, col]
-            for i, (m, r) in enumerate(er["methods"].items()):
+            for m, r in er["methods"].items():
                 t, mu, sd = (np.array(r[k]) for k in ("timesteps", "mean", "std"))
                 seeds = r.get("seeds", report["seeds"])
-                ax.plot(t, mu, "o-" if is_dilqr(m) else "-", ms=3, color=f"C{i}",
+                ax.plot(t, mu, "o-" if is_dilqr(m) else "-", ms=3, color=color[m],
                         label=f"{m} (seeds {','.join(map(str, seeds))})")
-                ax.fill_between(t, mu - sd, mu + sd, alpha=0.12, color=f"C{i}")
+                ax.fill_between(t, mu - sd, mu + sd, alpha=0.12, color=color[m])
             ax.axhline(refs[0], color="k", ls="--", label="MPC, true model")
             ax.axhline(refs[2], color="k", ls=":", label="within 10 % (target)")
             ax.axhline(refs[1], color="r", ls="--", lw=0.8, label="MPC, initial model")
@@ -282,25 +285,26 @@ def plot(report: dict[str, Any], path: str) -> None:
                 ax.set_ylim(lo - pad, hi + pad)
                 ax.set_title("zoom on the references")
         axes[0, col].legend(fontsize=7)
-        _extra_rows(axes[2, col], axes[3, col], env, er)
+        _extra_rows(axes[2, col], axes[3, col], env, er, color)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def _extra_rows(ax_s: Any, ax_m: Any, env: str, er: dict[str, Any]) -> None:
+def _extra_rows(ax_s: Any, ax_m: Any, env: str, er: dict[str, Any],
+                color: dict[str, str]) -> None:
     """Row 3: the success rate of each method's evaluations (the task's rule; the rocket's
     return barely tells a landing from a crash), with the true-model MPC's. Row 4: the DiLQR
     model's error relative to the truth, on the combinations the dynamics depend on where the
     task declares them (the pendulum's ``g / l`` and ``m l^2``, the rocket's ``m`` and
     ``J / l``), else on the parameters."""
-    for i, (m, r) in enumerate(er["methods"].items()):
+    for m, r in er["methods"].items():
         t = np.array(r["timesteps"])
         if "success_curve" in r:
             ax_s.plot(t, r["success_curve"], "o-" if is_dilqr(m) else "-", ms=3,
-                      color=f"C{i}", label=m)
+                      color=color[m], label=m)
         if "model_error_curve" in r:
-            ax_m.plot(t, r["model_error_curve"], "o-", ms=3, color=f"C{i}", label=m)
+            ax_m.plot(t, r["model_error_curve"], "o-", ms=3, color=color[m], label=m)
     if er["mpc_true"].get("success") is not None:
         ax_s.axhline(er["mpc_true"]["success"], color="k", ls="--", label="MPC, true model")
     ax_s.set_ylim(-0.05, 1.05)
