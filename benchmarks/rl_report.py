@@ -194,8 +194,9 @@ def markdown(report: dict[str, Any]) -> str:
                        f"{1e3 * r['train_s_per_step']:.0f} |")
         def verdict(s: str, t: dict[str, Any]) -> str:
             ratio = f"ratio {t['ratio']:.3f}, " if t["ratio"] else ""
-            return (f"seed {s}: {t['dilqr_method']} {t['dilqr_steps']} against "
-                    f"{t['mlp_method'] or 'no MLP'} {t['mlp_steps'] or 'never'} "
+            mlp = (f"{t['mlp_method']} {t['mlp_steps']}" if t["mlp_method"] else
+                   f"no MLP baseline within {report['mlp_budget']}")
+            return (f"seed {s}: {t['dilqr_method']} {t['dilqr_steps']} against {mlp} "
                     f"({ratio}holds: {t['holds']})")
 
         verdicts = [verdict(s, t) for s, t in er["targets"].items()]

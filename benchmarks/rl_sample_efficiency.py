@@ -190,9 +190,12 @@ def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[st
 
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
-    if opt.replot:  # the figure again from the JSON of a finished run
+    if opt.replot:  # the figure and the table again from the JSON of a finished run
         with open(opt.out + ".json") as f:
-            plot(json.load(f), opt.out + ".png")
+            report = json.load(f)
+        plot(report, opt.out + ".png")
+        with open(opt.out + ".md", "w") as f:
+            f.write(markdown(report))
         return 0
     t_start = time.perf_counter()
     runs, mpc_out = run_all(opt)
