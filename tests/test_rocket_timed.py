@@ -89,6 +89,7 @@ def test_closed_loop_timed_equals_shrinking_and_lands() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:DiLQR actor")  # capped solves are expected here
 def test_sb3_actor_lands_the_timed_rocket() -> None:
     """The SB3 DiLQR actor (one plan length) with the true model lands ``RocketTimed-v0``."""
     from dilqr_rl.sb3 import DiLQRActor, controller_spec
