@@ -110,18 +110,17 @@ def evaluate(model: Any, envs: Any, episodes: int | None = None, seed: int = 0,
     episode."""
     actor = _actor(model)
     if actor is None:
-        return _evaluate(model, envs, episodes, seed, outcome)
+        return _evaluate(model, None, envs, episodes, seed, outcome)
     actor.reset()
     cached, actor.use_plan_cache = actor.use_plan_cache, False
     try:
-        return _evaluate(model, envs, episodes, seed, outcome)
+        return _evaluate(model, actor, envs, episodes, seed, outcome)
     finally:
         actor.use_plan_cache = cached
 
 
-def _evaluate(model: Any, envs: Any, episodes: int | None, seed: int,
+def _evaluate(model: Any, actor: Any, envs: Any, episodes: int | None, seed: int,
               outcome: dict[str, Any] | None) -> list[float]:
-    actor = _actor(model)
 
     def act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]

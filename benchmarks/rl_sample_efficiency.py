@@ -188,14 +188,18 @@ def run_all(opt: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[st
     return runs, mpc_out
 
 
+def _render(report: dict[str, Any], out: str) -> None:
+    """``out.png`` (the figure) and ``out.md`` (the table) of ``report``."""
+    plot(report, out + ".png")
+    with open(out + ".md", "w") as f:
+        f.write(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
     if opt.replot:  # the figure and the table again from the JSON of a finished run
         with open(opt.out + ".json") as f:
-            report = json.load(f)
-        plot(report, opt.out + ".png")
-        with open(opt.out + ".md", "w") as f:
-            f.write(markdown(report))
+            _render(json.load(f), opt.out)
         return 0
     t_start = time.perf_counter()
     runs, mpc_out = run_all(opt)
@@ -218,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(opt.out), exist_ok=True)
     with open(opt.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    plot(report, opt.out + ".png")
-    with open(opt.out + ".md", "w") as f:
-        f.write(markdown(report))
+    _render(report, opt.out)
     print_table(report)
     return 0
 

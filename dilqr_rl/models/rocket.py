@@ -105,13 +105,14 @@ class TimedRocket(Rocket):
     def step(self, x: Tensor, u: Tensor, theta: Tensor) -> Tensor:
         return torch.cat([super().step(x[..., :13], u, theta), x[..., 13:] - 1.0], -1)
 
+    #: where the rocket's ``z = [x (13); u (3)]`` sits in ``[x (13); k; u (3)]``
+    _Z = (*range(13), 14, 15, 16)
+
     def jacobians(self, x: Tensor, u: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``x (N, 14)`` -> ``(x_next (N, 14), F (N, 14, 17))``; see :meth:`Rocket.jacobians`."""
         y, F13 = super().jacobians(x[..., :13], u, theta)
-        N = F13.shape[0]
-        F = F13.new_zeros(N, 14, 17)
-        F[:, :13, :13] = F13[:, :, :13]
-        F[:, :13, 14:] = F13[:, :, 13:]
+        F = F13.new_zeros(F13.shape[0], 14, 17)
+        F[:, :13, self._Z] = F13
         F[:, 13, 13] = 1.0
         return torch.cat([y, x[..., 13:] - 1.0], -1), F
 
@@ -119,9 +120,7 @@ class TimedRocket(Rocket):
         """``(N, 17, 17)``, ``lam (N, 14)``: the rocket's, with a zero row and column for the
         clock (its step is linear)."""
         H16 = super().weighted_hessian(x[..., :13], u, theta, lam[..., :13])
+        z = torch.tensor(self._Z, device=H16.device)
         H = H16.new_zeros(H16.shape[0], 17, 17)
-        H[:, :13, :13] = H16[:, :13, :13]
-        H[:, :13, 14:] = H16[:, :13, 13:]
-        H[:, 14:, :13] = H16[:, 13:, :13]
-        H[:, 14:, 14:] = H16[:, 13:, 13:]
+        H[:, z[:, None], z] = H16
         return H
