@@ -42,12 +42,14 @@ class MPCPolicy:
         truth (a wrong model); default the true model
     :param max_iter: iLQR iterations per replan (a replan may stop unconverged: it is used)
 
-    A replan whose model rollout is not finite (:class:`~dilqr_rl.NonFiniteError`: a wrong
-    model that has let the system tumble can overflow over the horizon) is tried again from no
-    warm start; if that fails too, the controller keeps flying its previous plan, shifted by
-    one step, as MPC implementations do when the solver fails, and counts the step in
-    ``failures``. A failure at the first step of an episode, with no plan to fall back on, is
-    raised.
+    A replan whose model rollout or Newton step is not finite for some samples (a wrong model
+    that has let the system tumble can overflow over the horizon) sets only those samples
+    apart (``ILQRConfig.on_nonfinite="isolate"``): the others are planned as usual. The
+    set-apart ones are planned again from no warm start; if that fails too, they keep flying
+    their previous plan, shifted by one step, as MPC implementations do when the solver fails,
+    and each such sample-step is counted in ``failures``. A failure at the first step of an
+    episode, with no plan to fall back on, is raised (:class:`~dilqr_rl.NonFiniteError`,
+    naming the samples).
     """
 
     def __init__(self, task: dl.tasks.Task, horizon: int | None = None,
@@ -55,7 +57,8 @@ class MPCPolicy:
                  tol: float = 1e-6):
         self.task, self.horizon = task, horizon or task.horizon
         self.model_params = dict(model_params or {})
-        self.config = task.config(max_iter=max_iter, tol=tol, on_unconverged="detach")
+        self.config = task.config(max_iter=max_iter, tol=tol, on_unconverged="detach",
+                                  on_nonfinite="isolate")
         self._ctrls: dict[int, dl.DiLQR] = {}
         self.reset()
 
@@ -83,26 +86,34 @@ class MPCPolicy:
         if warm is not None:  # the shifted plan, cut or padded to this step's horizon
             warm = warm[:, :H] if warm.shape[1] >= H else torch.cat(
                 [warm, warm[:, -1:].expand(-1, H - warm.shape[1], -1)], 1)
-        try:
-            u = self._solve(H, x0, params, warm)
-        except dl.NonFiniteError:
-            try:  # the shifted plan may be what overflows: plan from scratch
-                u = self._solve(H, x0, params, None)
-            except dl.NonFiniteError:
-                if warm is None:
-                    raise
-                self.failures += 1
-                u = warm  # keep flying the previous plan
+        u, failed = self._solve(H, x0, params, warm)
+        if bool(failed.any()) and warm is not None:
+            # the shifted plan may be what overflows: plan those samples from scratch
+            r = torch.nonzero(failed)[:, 0]
+            u_r, f_r = self._solve(H, x0[r], None if params is None or params.dim() == 1
+                                   else params[r], None)
+            u, failed = u.index_copy(0, r, u_r), failed.index_copy(0, r, f_r)
+        if bool(failed.any()):
+            bad = torch.nonzero(failed)[:, 0].tolist()
+            if warm is None:
+                raise dl.NonFiniteError(
+                    f"MPC: the plan from the first state is not finite for samples {bad[:8]} "
+                    "(the model's rollout or Newton step overflows there) and there is no "
+                    "previous plan to fly; check the model's parameters and x0", samples=bad)
+            self.failures += len(bad)
+            u = torch.where(failed[:, None, None], warm, u)  # keep flying the previous plan
         self._warm = torch.cat([u[:, 1:], u[:, -1:]], 1)
         self.step += 1
         return u[:, 0]
 
-    def _solve(self, H: int, x0: Tensor, params: Tensor | None, warm: Tensor | None) -> Tensor:
+    def _solve(self, H: int, x0: Tensor, params: Tensor | None, warm: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+        """The plans ``(B, H, m)`` from ``x0 (B, n)`` and which samples failed ``(B,)``."""
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", dl.UnconvergedWarning)  # capped replans: expected
             sol = self.controller(H)(x0, params=params, u_init=warm)
         self.iterations.append(float(sol.iterations.double().mean()))
-        return sol.u
+        return sol.u, sol.failed
 
 
 def mpc_episodes(envs: list[Any], policy: MPCPolicy, seed: int,
@@ -127,7 +138,7 @@ def run_mpc(env_id: str, episodes: int, seed: int = 0, *, horizon: int | None = 
     """Closed-loop MPC on ``episodes`` starts of ``env_id`` (seeds ``seed, seed+1, ...``), all
     in one batch. Returns ``returns``, ``success`` (the task's rule), ``infos``, ``steps``,
     ``states`` (``(steps+1, E, n)`` list), ``frames`` (episode 0, if ``render``), timing,
-    ``plan_failures`` (steps flown on the previous plan, :class:`MPCPolicy`).
+    ``plan_failures`` (sample-steps flown on the previous plan, :class:`MPCPolicy`).
     ``max_steps`` shortens the env's time limit."""
     import gymnasium as gym
 

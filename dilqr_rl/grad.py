@@ -167,7 +167,8 @@ class _FixedPointFn(torch.autograd.Function):
                              spec.upper, spec.config)
         spec.solution = sol
         ctx.spec = spec
-        ctx.save_for_backward(x0, theta, sol.x, sol.u, sol.free, sol.converged, *pvals)
+        ctx.save_for_backward(x0, theta, sol.x, sol.u, sol.free, sol.converged, sol.failed,
+                              *pvals)
         return sol.x, sol.u
 
     @staticmethod
@@ -179,7 +180,7 @@ class _FixedPointFn(torch.autograd.Function):
                                "create_graph=True / second derivatives through the layer are "
                                "not supported (use grad='unroll' for them)")
         spec = ctx.spec
-        x0, theta, x, u, free, converged, *pvals = ctx.saved_tensors
+        x0, theta, x, u, free, converged, failed, *pvals = ctx.saved_tensors
         gx = torch.zeros_like(x) if gx is None else gx
         gu = torch.zeros_like(u) if gu is None else gu
         if spec.config.on_unconverged == "detach":
@@ -188,11 +189,14 @@ class _FixedPointFn(torch.autograd.Function):
             keep = converged.to(gx.dtype)
             gx, gu = gx * keep[:, None, None], gu * keep[:, None, None]
         P = dict(zip(spec.names, pvals, strict=True))
-        g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta, P, x, u, free, gx,
-                                      gu, exact=spec.exact)
+        if bool(failed.any()):  # set apart by the solve (on_nonfinite="isolate"): no gradient
+            g0, gth, gP = _vjp_on(spec, ~failed, x0, theta, P, x, u, free, gx, gu)
+        else:
+            g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta, P, x, u, free,
+                                          gx, gu, exact=spec.exact)
         if spec.config.on_unconverged != "raise" and not _all_finite(g0, gth, gP):
             g0, gth, gP = _without_unconverged_failures(spec, x0, theta, P, x, u, free,
-                                                        converged, gx, gu, g0, gth, gP)
+                                                        converged, failed, gx, gu, g0, gth, gP)
         for name, g in (("x0", g0), ("the dynamics parameters", gth), *gP.items()):
             if not bool(torch.isfinite(g).all()):
                 bad = ~torch.isfinite(g.reshape(g.shape[0], -1) if g.dim() > 1 else g[None])
@@ -210,7 +214,7 @@ def _all_finite(g0: Tensor, gth: Tensor, gP: dict[str, Tensor]) -> bool:
 
 def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dict[str, Tensor],
                                   x: Tensor, u: Tensor, free: Tensor, converged: Tensor,
-                                  gx: Tensor, gu: Tensor, g0: Tensor, gth: Tensor,
+                                  failed: Tensor, gx: Tensor, gu: Tensor, g0: Tensor, gth: Tensor,
                                   gP: dict[str, Tensor]
                                   ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The gradient again without the unconverged samples whose own gradient is not finite.
@@ -223,33 +227,45 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     sample's gradient is not finite, or no sample can be blamed, the gradient is returned as
     is (the caller raises)."""
     B = x0.shape[0]
-    shapes = spec.cost.param_shapes()
-
-    def per_sample(v: Tensor, k: str | None) -> bool:  # theta: (B, p) or shared (p,)
-        return v.dim() == 2 if k is None else v.dim() == len(shapes[k]) + 1
-
     bad = ~torch.isfinite(g0).all(-1)
-    if per_sample(theta, None):
+    if _per_sample(spec, theta, None):
         bad |= ~torch.isfinite(gth).all(-1)
     for k, v in gP.items():
-        if per_sample(P[k], k):
+        if _per_sample(spec, P[k], k):
             bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
     if not bool(bad.any()) or bool(bad.all()) or bool((bad & converged).any()):
         return g0, gth, gP
-    good = torch.nonzero(~bad)[:, 0]
-    sub = {k: v[good] if per_sample(v, k) else v for k, v in P.items()}
-    th = theta[good] if per_sample(theta, None) else theta
-    s0, sth, sP = fixed_point_vjp(spec.dynamics, spec.cost, x0[good], th, sub, x[good],
-                                  u[good], free[good], gx[good], gu[good], exact=spec.exact)
+    out = _vjp_on(spec, ~bad & ~failed, x0, theta, P, x, u, free, gx, gu)
     warnings.warn(f"DiLQR: the implicit gradient of {int(bad.sum())} unconverged sample(s) "
                   "is not finite (a singular reduced Hessian at the last iterate); they get "
                   "no gradient", UnconvergedGradientWarning, stacklevel=2)
+    return out
+
+
+def _per_sample(spec: _Spec, v: Tensor, k: str | None) -> bool:
+    """Whether ``theta`` (``k=None``) or the cost parameter ``k`` is given per sample."""
+    return v.dim() == 2 if k is None else v.dim() == len(spec.cost.param_shapes()[k]) + 1
+
+
+def _vjp_on(spec: _Spec, keep: Tensor, x0: Tensor, theta: Tensor, P: dict[str, Tensor],
+            x: Tensor, u: Tensor, free: Tensor, gx: Tensor, gu: Tensor
+            ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """:func:`fixed_point_vjp` of the samples ``keep (B,) bool`` only; the others get zero
+    rows (per-sample gradients) and add nothing to shared parameters' gradients."""
+    good = torch.nonzero(keep)[:, 0]
+    if good.numel() == 0:
+        return (torch.zeros_like(x0), torch.zeros_like(theta),
+                {k: torch.zeros_like(v) for k, v in P.items()})
+    sub = {k: v[good] if _per_sample(spec, v, k) else v for k, v in P.items()}
+    th = theta[good] if _per_sample(spec, theta, None) else theta
+    s0, sth, sP = fixed_point_vjp(spec.dynamics, spec.cost, x0[good], th, sub, x[good],
+                                  u[good], free[good], gx[good], gu[good], exact=spec.exact)
 
     def put(full: Tensor, part: Tensor) -> Tensor:
         return full.new_zeros(full.shape).index_copy(0, good, part)
 
-    return (put(g0, s0), put(gth, sth) if per_sample(theta, None) else sth,
-            {k: put(gP[k], v) if per_sample(P[k], k) else v for k, v in sP.items()})
+    return (put(x0, s0), put(theta, sth) if _per_sample(spec, theta, None) else sth,
+            {k: put(P[k], v) if _per_sample(spec, P[k], k) else v for k, v in sP.items()})
 
 
 class UnconvergedGradientWarning(UserWarning):

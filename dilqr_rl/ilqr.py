@@ -78,6 +78,7 @@ class _State:
     qp_iterations: Tensor
     kkt: Tensor
     pivot: Tensor
+    failed: Tensor  # (B,) bool: set apart, not finite (on_nonfinite="isolate")
 
     def write(self, idx: Tensor | None, **parts: Tensor) -> None:
         for name, part in parts.items():
@@ -86,12 +87,13 @@ class _State:
 
 def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: ILQRConfig
            ) -> _State:
-    """The initial rollout, checked finite."""
+    """The initial rollout, checked finite: a sample whose rollout or cost is not finite
+    raises, or with ``on_nonfinite="isolate"`` starts out failed (``_State.failed``)."""
     u = clamp(u_init, pr.lower, pr.upper)
     x = rollout(dynamics, pr.x0, u, pr.theta)
     J = cost.total(x, u, pr.P)
     bad = ~(torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J))
-    if bool(bad.any()):
+    if cfg.on_nonfinite == "raise" and bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
         raise NonFiniteError(f"the initial rollout is not finite for {int(bad.sum())} of "
                          f"{u.shape[0]} samples (first: sample {i}, cost {float(J[i])}): the "
@@ -102,7 +104,7 @@ def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: IL
     nan = torch.full_like(J, math.nan)
     no = torch.zeros(B, dtype=torch.bool, device=u.device)
     zero = torch.zeros(B, dtype=torch.long, device=u.device)
-    return _State(x, u, J, torch.full_like(J, cfg.mu_init), no, no, zero, zero, nan, nan)
+    return _State(x, u, J, torch.full_like(J, cfg.mu_init), no, no, zero, zero, nan, nan, bad)
 
 
 def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
@@ -110,8 +112,9 @@ def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
     """The diagnostics of the samples that did not converge (at the returned point) and the
     :class:`Solution`."""
     x, u, lower, upper = st.x, st.u, full.lower, full.upper
-    if cfg.tol > 0 and not bool(st.converged.all()):
-        r = torch.nonzero(~st.converged)[:, 0]
+    if cfg.tol > 0 and not bool((st.converged | st.failed).all()):
+        # (a failed sample's derivatives are not finite: it keeps NaN)
+        r = torch.nonzero(~st.converged & ~st.failed)[:, 0]
         kkt, pivot = _diagnose(dynamics, cost, full.take(r), x[r], u[r])
         st.write(r, kkt=kkt, pivot=pivot)
     free = torch.ones_like(u, dtype=torch.bool)
@@ -124,7 +127,8 @@ def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
     return Solution(x=x, u=u, cost=st.J, converged=st.converged, iterations=st.iterations,
                     free=free.detach(), kkt=st.kkt.detach(), pivot=st.pivot.detach(),
                     qp_iterations=st.qp_iterations,
-                    history=torch.stack(hist, 1).detach() if hist else None)
+                    history=torch.stack(hist, 1).detach() if hist else None,
+                    failed=st.failed)
 
 
 def _nonfinite_message(finite: Tensor, iterations: Tensor) -> str:
@@ -149,16 +153,19 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     :param lower: ``(B, T, m)`` or ``None``; :param upper: ``(B, T, m)`` or ``None``
     :return: :class:`Solution` (``cost`` undifferentiated here; the layer recomputes it)
     :raises NonFiniteError: (a ``ValueError``) when the initial rollout or its cost, or a
-        Newton step, is not finite
+        Newton step, is not finite (with ``config.on_nonfinite="isolate"``: those samples
+        are set apart instead, ``Solution.failed``)
     """
     cfg = config
     full = _Problem(x0, theta, P, lower, upper)
     st = _start(dynamics, cost, full, u_init, cfg)
     alphas = 0.5 ** torch.arange(cfg.n_alpha, dtype=x0.dtype, device=x0.device)
     idx: Tensor | None = None  # the working samples; None: all
+    if cfg.on_nonfinite == "isolate" and bool(st.failed.any()):
+        idx = torch.nonzero(~st.failed)[:, 0]
     any_exact = False
     hist: list[Tensor] = []
-    for _ in range(cfg.max_iter):
+    for _ in range(cfg.max_iter if idx is None or idx.numel() else 0):
         pr = full if idx is None else full.take(idx)
         xs, us, Js, mus, nws = (v if idx is None else v[idx]
                                 for v in (st.x, st.u, st.J, st.mu, st.newton))
@@ -201,8 +208,14 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         w_host, n_host, f_host = torch.stack([working, st.newton,
                                               _put(torch.ones_like(working), idx, finite)]).cpu()
         if not bool(f_host.all()):
-            raise NonFiniteError(_nonfinite_message(f_host, st.iterations),
-                                 samples=torch.nonzero(~f_host)[:, 0].tolist())
+            if cfg.on_nonfinite == "raise":
+                raise NonFiniteError(_nonfinite_message(f_host, st.iterations),
+                                     samples=torch.nonzero(~f_host)[:, 0].tolist())
+            # isolate: set apart at their last (finite) iterate; the others go on
+            out = ~f_host.to(st.failed.device)
+            st.failed = st.failed | out
+            w_host = w_host & f_host
+            st.converged = st.converged & ~out
         if not bool(w_host.any()):
             break
         any_exact = bool((n_host & w_host).any())

@@ -63,6 +63,16 @@ class ILQRConfig:
     :param on_unconverged: what to do when samples have not converged after ``max_iter``:
         ``"warn"`` (default), ``"raise"`` (``RuntimeError``) or ``"detach"`` (warn, and give
         those samples no gradient). Never silent.
+    :param on_nonfinite: what to do when a sample's initial rollout (or its cost) or one of
+        its Newton steps is not finite (the model or the cost returns NaN/inf there):
+        ``"raise"`` (default) raises :class:`NonFiniteError` for the batch; ``"isolate"``
+        sets such samples apart, solves the others to the end and reports the set-apart ones
+        in ``Solution.failed``. A set-apart sample keeps its last finite iterate (its initial
+        controls, with a non-finite ``x``, when the first rollout already failed), is not
+        converged and gets no gradient. For callers that need an answer for every healthy
+        sample whatever happens to the others (a receding-horizon loop, an RL rollout under
+        a wrong model); not with ``grad="unroll"`` (NaN in the unrolled graph poisons the
+        batch's gradient).
     """
 
     max_iter: int = 100
@@ -78,6 +88,7 @@ class ILQRConfig:
     record_history: bool = False
     batched_line_search: bool = True
     on_unconverged: Literal["warn", "raise", "detach"] = "warn"
+    on_nonfinite: Literal["raise", "isolate"] = "raise"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -111,6 +122,9 @@ class ILQRConfig:
         if self.on_unconverged not in ("warn", "raise", "detach"):
             raise ValueError("ILQRConfig.on_unconverged must be 'warn', 'raise' or 'detach', "
                              f"got {self.on_unconverged!r}")
+        if self.on_nonfinite not in ("raise", "isolate"):
+            raise ValueError("ILQRConfig.on_nonfinite must be 'raise' or 'isolate', got "
+                             f"{self.on_nonfinite!r}")
 
 
 @dataclass
@@ -135,6 +149,9 @@ class Solution:
     :ivar history: with ``ILQRConfig.record_history``, ``(B, iterations, 4)``: per iteration
         the accepted step ``max|du|`` (NaN if rejected), the regularization, the step size
         (0 if rejected) and the cost; NaN once a sample has stopped
+    :ivar failed: ``(B,)`` bool, the samples set apart because their initial rollout or a
+        Newton step was not finite (``ILQRConfig.on_nonfinite="isolate"``; all False
+        otherwise). Not converged, no gradient; ``kkt`` and ``pivot`` are NaN there
     """
 
     x: Tensor
@@ -147,6 +164,7 @@ class Solution:
     pivot: Tensor | None = None
     qp_iterations: Tensor | None = None
     history: Tensor | None = None
+    failed: Tensor | None = None
 
 
 @dataclass

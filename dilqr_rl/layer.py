@@ -207,6 +207,11 @@ class DiLQR(nn.Module):
             _check_finite("u_init", u_init)
 
         if self.grad == "unroll":
+            if self.config.on_nonfinite == "isolate":
+                raise ValueError("ILQRConfig.on_nonfinite='isolate' needs grad='implicit' or "
+                                 "'last_lqr': with grad='unroll' a set-apart sample's NaN "
+                                 "would enter the unrolled graph and poison the batch's "
+                                 "gradient")
             sol = ilqr_solve(self.dynamics, self.cost, x0, theta, P, u_init, lower, upper,
                              self.config)
             x, u = sol.x, sol.u
@@ -214,17 +219,27 @@ class DiLQR(nn.Module):
             x, u, sol = solve_implicit(self.dynamics, self.cost, x0, theta, P, u_init, lower,
                                        upper, self.config, exact=self.grad == "implicit")
         self._report(sol)
-        cost = self.cost.total(x, u, P)
-        if self.config.on_unconverged == "detach" and self.config.tol > 0:
-            # no gradient from unconverged samples through x, u or cost, in every mode
-            keep = sol.converged
+        failed = sol.failed if sol.failed is not None else torch.zeros_like(sol.converged)
+        if bool(failed.any()):
+            # a set-apart sample's x may be NaN/inf: its cost is the solver's, without a graph,
+            # so that no backward meets 0 * NaN in the cost's derivatives for it
+            good = torch.nonzero(~failed)[:, 0]
+            cost = sol.cost.detach().index_copy(0, good, self.cost.total(
+                x[good], u[good], {k: v[good] for k, v in P.items()}))
+        else:
+            cost = self.cost.total(x, u, P)
+        detach = self.config.on_unconverged == "detach" and self.config.tol > 0
+        if detach or bool(failed.any()):
+            # no gradient from unconverged samples (when asked) or set-apart ones (always)
+            # through x, u or cost, in every mode
+            keep = sol.converged if detach else ~failed
             x = torch.where(keep[:, None, None], x, x.detach())
             u = torch.where(keep[:, None, None], u, u.detach())
             cost = torch.where(keep, cost, cost.detach())
         return Solution(x=x, u=u, cost=cost, converged=sol.converged,
                         iterations=sol.iterations, free=sol.free, kkt=sol.kkt, pivot=sol.pivot,
                         qp_iterations=sol.qp_iterations,
-                        history=sol.history)
+                        history=sol.history, failed=failed)
 
     def _report(self, sol: Solution) -> None:
         if self.config.tol == 0:
@@ -232,9 +247,13 @@ class DiLQR(nn.Module):
         bad = int((~sol.converged).sum())
         if bad == 0:
             return
+        n_failed = 0 if sol.failed is None else int(sol.failed.sum())
         msg = (f"DiLQR: {bad} of {sol.converged.numel()} samples did not converge in "
                f"{self.config.max_iter} iterations (tol={self.config.tol}); their gradient is "
                "taken at a point that is not a fixed point")
+        if n_failed:
+            msg += (f" ({n_failed} of them set apart as not finite, on_nonfinite='isolate': "
+                    "see Solution.failed; they get no gradient)")
         if self.config.on_unconverged == "raise":
             raise NotConvergedError(msg)
         if self.config.on_unconverged == "detach":

@@ -228,7 +228,8 @@ def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
     conv = torch.tensor([True, False, True])
     with pytest.warns(UnconvergedGradientWarning, match="1 unconverged"):
         h0, hth, hP = _without_unconverged_failures(spec, x0, theta, P, sol.x, sol.u, sol.free,
-                                                    conv, gx, gu, g0, gth, gP)
+                                                    conv, torch.zeros(3, dtype=torch.bool), gx, gu,
+                                                    g0, gth, gP)
     keep = [0, 2]
     r0, rth, rP = fixed_point_vjp(ctrl.dynamics, ctrl.cost, x0[keep], theta,
                                   {k: v[keep] for k, v in P.items()}, sol.x[keep], sol.u[keep],
@@ -241,5 +242,6 @@ def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
         assert hP[k][1].abs().sum() == 0
     # a converged sample with a non-finite gradient: nothing is left out
     same = _without_unconverged_failures(spec, x0, theta, P, sol.x, sol.u, sol.free,
-                                         torch.ones(3, dtype=torch.bool), gx, gu, g0, gth, gP)
+                                         torch.ones(3, dtype=torch.bool),
+                                         torch.zeros(3, dtype=torch.bool), gx, gu, g0, gth, gP)
     assert same[0] is g0 and same[1] is gth

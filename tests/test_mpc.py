@@ -55,39 +55,51 @@ def test_mpc_command_writes_json_plot_and_gif(tmp_path, capsys) -> None:
 
 
 def test_failed_replan_retries_cold_then_flies_the_previous_plan(monkeypatch) -> None:
-    """A replan whose rollout overflows (NonFiniteError) is tried again without a warm start;
-    if that fails too the previous plan, shifted, is flown and counted; at the first step,
-    with no plan to fall back on, the error is raised."""
+    """A replan that is not finite for some samples (``Solution.failed``) plans those again
+    without a warm start; where that fails too their previous plan, shifted, is flown and
+    counted; at the first step, with no plan to fall back on, the error names the samples.
+    The other samples of the batch are planned as usual."""
     import torch
 
     from dilqr_rl.agents.mpc import MPCPolicy
 
     policy = MPCPolicy(dl.tasks.get("pendulum"), horizon=10, max_iter=5)
-    x0 = torch.tensor([[-0.4, 0.9, 0.0]], dtype=torch.float64)  # (cos, sin, rate)
+    x0 = torch.tensor([[-0.4, 0.9, 0.0], [0.2, -0.98, 0.5]], dtype=torch.float64)
     u_first = policy(x0)
-    plan = policy._warm.clone()
-    calls: list[bool] = []
+    calls: list[tuple[bool, int]] = []
     solve = policy._solve
 
-    def failing(H, x, params, warm):  # the warm start overflows; a cold start plans
-        calls.append(warm is None)
-        if warm is not None:
-            raise dl.NonFiniteError("rollout overflows")
-        return solve(H, x, params, warm)
+    def failing(H, x, params, warm):  # sample 1's warm start overflows; a cold start plans
+        calls.append((warm is None, x.shape[0]))
+        u, failed = solve(H, x, params, warm)
+        return u, failed | (torch.arange(x.shape[0]) == 1) if warm is not None else failed
 
     monkeypatch.setattr(policy, "_solve", failing)
+    warm = policy._warm.clone()
     u = policy(x0)
-    assert calls == [False, True] and policy.failures == 0 and torch.isfinite(u).all()
+    assert calls == [(False, 2), (True, 1)] and policy.failures == 0
+    assert torch.isfinite(u).all()
+    # sample 0 was planned from its warm start, sample 1 cold: each as solved alone
+    ctrl = policy.controller(10)
+    with torch.no_grad():
+        ref0 = ctrl(x0[:1], u_init=warm[:1]).u[:, 0]
+        ref1 = ctrl(x0[1:]).u[:, 0]
+    assert torch.allclose(u[0], ref0[0], atol=1e-12) and torch.allclose(u[1], ref1[0], atol=1e-12)
 
-    def broken(H, x, params, warm):
-        raise dl.NonFiniteError("rollout overflows")
+    def broken(H, x, params, warm):  # sample 1 fails warm and cold
+        u, failed = solve(H, x, params, warm)
+        return u, failed | (torch.arange(x.shape[0]) == (1 if x.shape[0] == 2 else 0))
 
     plan = policy._warm.clone()
     monkeypatch.setattr(policy, "_solve", broken)
     u = policy(x0)
-    assert policy.failures == 1 and torch.equal(u, plan[:, 0])
-    assert torch.equal(policy._warm[:, :-1], plan[:, 1:])
+    assert policy.failures == 1 and torch.equal(u[1], plan[1, 0])
+    assert torch.equal(policy._warm[1, :-1], plan[1, 1:])
+    with torch.no_grad():  # sample 0 replanned from its warm start, as if alone
+        ref0 = ctrl(x0[:1], u_init=plan[:1]).u[:, 0]
+    assert torch.allclose(u[0], ref0[0], atol=1e-12)
     policy.reset()
-    with pytest.raises(dl.NonFiniteError):
+    with pytest.raises(dl.NonFiniteError, match=r"samples \[1\]") as err:
         policy(x0)
-    assert u_first.shape == (1, 1)
+    assert err.value.samples == [1]
+    assert u_first.shape == (2, 1)

@@ -4,6 +4,7 @@ lands; and the solver and the actor survive the overflowing rollouts of a tumbli
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import gymnasium as gym
@@ -108,32 +109,46 @@ def test_sb3_actor_lands_the_timed_rocket() -> None:
     assert term and info["landed"] and info["speed"] < 1.0, info
 
 
+def _failing(solve, which):
+    """A stand-in for ``DiLQR.forward`` whose solve sets apart the samples ``which(x0,
+    u_init)`` (a ``(B,)`` bool), as the solver does when their rollout or Newton step is not
+    finite (``Solution.failed``)."""
+    def forward(x0, u_init=None, **kw):
+        sol = solve(x0, u_init=u_init, **kw)
+        bad = which(x0, u_init)
+        return dataclasses.replace(sol, failed=sol.failed | bad,
+                                   converged=sol.converged & ~bad)
+    return forward
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
 def test_actor_retries_an_overflowing_warm_start_cold(monkeypatch) -> None:
     from dilqr_rl.sb3 import DiLQRActor, controller_spec
 
     env = gym.make("dilqr_rl/Pendulum-v0")
     actor = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}), env.action_space).eval()
-    obs = torch.tensor([[1.0, 0.0, 0.0]])
+    assert actor.ctrl.config.on_nonfinite == "isolate"
+    obs = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.1411, 0.2]])
     actor(obs)  # a plan to warm-start from
-    solve = actor.ctrl.forward
-    seen: list[bool] = []
+    cold = actor.ctrl(actor.state(obs[1:])).u[:, 0]
+    seen: list[tuple[bool, int]] = []
 
-    def flaky(x0, u_init=None, **kw):
-        seen.append(u_init is not None)
-        if u_init is not None:
-            raise dl.NonFiniteError("the initial rollout is not finite")
-        return solve(x0, u_init=u_init, **kw)
+    def warm_fails(x0, u_init):  # sample 1's warm start overflows
+        seen.append((u_init is not None, x0.shape[0]))
+        return (torch.arange(x0.shape[0]) == 1) & (u_init is not None)
 
-    monkeypatch.setattr(actor.ctrl, "forward", flaky)
+    monkeypatch.setattr(actor.ctrl, "forward", _failing(actor.ctrl.forward, warm_fails))
     a = actor(obs)
-    assert seen == [True, False] and actor.stats["cold_retries"] == 1
-    assert torch.isfinite(a).all()
-    monkeypatch.setattr(actor.ctrl, "forward", lambda *a, **k: (_ for _ in ()).throw(
-        dl.NonFiniteError("x0 itself")))
+    assert seen == [(True, 2), (False, 1)] and actor.stats["cold_retries"] == 1
+    assert actor.stats["nonfinite"] == 0
+    torch.testing.assert_close(a[1], actor.to_action(cold)[0].float())
+    # failing cold too: the zero plan, counted
+    monkeypatch.setattr(actor.ctrl, "forward", _failing(
+        actor.ctrl.forward, lambda x0, u: torch.ones(x0.shape[0], dtype=torch.bool)))
     actor.reset()
     actor.plans.clear()
-    with pytest.raises(dl.NonFiniteError):  # no warm start to drop: the error stands
-        actor(torch.tensor([[0.0, 1.0, 0.0]]))
+    a = actor(torch.tensor([[0.0, 1.0, 0.0]]))
+    assert actor.stats["nonfinite"] == 1 and a.abs().sum() == 0
 
 
 def test_negative_curvature_survives_huge_and_nonfinite_pivots() -> None:
@@ -184,9 +199,9 @@ def test_actor_sets_apart_samples_whose_model_blows_up() -> None:
 
 @pytest.mark.filterwarnings("ignore:DiLQR actor")
 def test_actor_sets_apart_the_samples_the_solver_names(monkeypatch) -> None:
-    """A Newton step that is not finite for some samples (``NonFiniteError.samples``; seen in
-    a cart-pole PPO update) although their rollouts at rest are finite: those samples get the
-    zero plan, the others their own solution."""
+    """A Newton step that is not finite for some samples (``Solution.failed``; seen in a
+    cart-pole PPO update) although their rollouts at rest are finite: those samples get the
+    zero plan and no gradient, the others their own solution and gradient."""
     from dilqr_rl.sb3 import DiLQRActor, controller_spec
 
     env = gym.make("dilqr_rl/Pendulum-v0")
@@ -194,16 +209,13 @@ def test_actor_sets_apart_the_samples_the_solver_names(monkeypatch) -> None:
     obs = torch.tensor([[0.99, 0.1411, 0.2], [0.0, 1.0, 0.5], [0.995, -0.0998, -0.1]],
                        dtype=torch.float64)
     alone = actor.solve(obs[[0, 2]])
-    solve = actor.ctrl.forward
-
-    def flaky(x0, **kw):  # the state with sin = 1 "fails" wherever it is in the batch
-        hit = torch.nonzero(x0[:, 1] == 1.0)[:, 0].tolist()
-        if hit:
-            raise dl.NonFiniteError("the Newton step is not finite", samples=hit)
-        return solve(x0, **kw)
-
-    monkeypatch.setattr(actor.ctrl, "forward", flaky)
+    # the state with sin = 1 "fails" wherever it is in the batch
+    monkeypatch.setattr(actor.ctrl, "forward", _failing(
+        actor.ctrl.forward, lambda x0, u: x0[:, 1] == 1.0))
     actor.plans.clear()
     sol = actor.solve(obs)
     assert actor.stats["nonfinite"] == 1 and sol.u[1].abs().sum() == 0
     torch.testing.assert_close(sol.u[[0, 2]], alone.u, atol=1e-8, rtol=0)
+    sol.u.sum().backward()
+    g = actor.ctrl.dynamics.g.grad
+    assert g is not None and torch.isfinite(g) and g != 0

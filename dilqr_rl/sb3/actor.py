@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -11,8 +12,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from ..ilqr import Solution, rollout
-from ..ilqr_types import NonFiniteError
+from ..ilqr import Solution
 from ..layer import UnconvergedWarning
 from .obs import resolve_obs_to_state
 from .spec import ControllerSpec
@@ -63,6 +63,10 @@ class DiLQRActor(nn.Module):
         super().__init__()
         self.spec = ControllerSpec.coerce(controller)
         self.ctrl = self.spec.build()
+        if self.ctrl.grad != "unroll":
+            # a rollout needs an action for every state, whatever the model predicts for the
+            # others in the batch: the solver sets non-finite samples apart (see solve)
+            self.ctrl.config = dataclasses.replace(self.ctrl.config, on_nonfinite="isolate")
         self.learn = parse_learn(learn)
         for p in self.physical_parameters():
             p.requires_grad_("dynamics" in self.learn)
@@ -199,107 +203,72 @@ class DiLQRActor(nn.Module):
     def solve(self, obs: Tensor) -> Solution:
         """The DiLQR solution from the observations ``(B, obs_dim)``.
 
-        A warm start whose rollout overflows (``NonFiniteError``: e.g. a tumbling rocket's
-        shifted plan, through a wrong model's quadratic rate dynamics) is dropped and the
-        batch solved again from zero controls, counted in ``stats["cold_retries"]``. If that
-        overflows too, the samples where the solver met it (``NonFiniteError.samples``) and
-        those whose zero-control rollout is not finite (the model predicts a blow-up whatever
-        the controls) get a zero plan with no gradient, counted in
-        ``stats["nonfinite"]`` and warned once, and the others are solved (an action is
-        needed in a rollout whatever the model predicts); with no such sample the error is
-        raised."""
+        The solver sets apart the samples whose model rollout or Newton step is not finite
+        (``ILQRConfig.on_nonfinite="isolate"``; e.g. a tumbling rocket under a wrong model's
+        quadratic rate dynamics) and solves the others as usual, with their gradient. Set-apart
+        samples that were warm-started are solved again from zero controls (counted in
+        ``stats["cold_retries"]``); those that fail cold too get the zero plan (clamped into the
+        box) with no gradient, counted in ``stats["nonfinite"]`` and warned about once (an
+        action is needed in a rollout whatever the model predicts). With ``grad="unroll"`` the
+        solver raises :class:`~dilqr_rl.NonFiniteError` instead."""
         x0 = self.state(obs)
         u_init = self.initial_plans(obs, x0)
         overrides = self.cost_overrides(x0)
         with warnings.catch_warnings():
             # counted and reported once by _count instead of a warning per call
             warnings.simplefilter("ignore", UnconvergedWarning)
-            try:
-                sol = self.ctrl(x0, u_init=u_init, **overrides)
-            except NonFiniteError as err:
-                if u_init is not None:
-                    self.stats["cold_retries"] += 1
-                sol = self._solve_finite(x0, overrides, err, retry=u_init is not None)
+            sol = self.ctrl(x0, u_init=u_init, **overrides)
+            if sol.failed is not None and bool(sol.failed.any()):
+                sol = self._set_apart(x0, overrides, sol, retry=u_init is not None)
         self._count(sol)
         self._remember(obs, sol)
         return sol
 
-    def _solve_finite(self, x0: Tensor, overrides: dict[str, Tensor], err: NonFiniteError,
-                      retry: bool) -> Solution:
-        """After ``err``: a cold solve of ``x0 (B, n)`` (with ``retry``), else of the samples
-        the solver did not name in its error and whose zero-control rollout is finite, with a
-        zero plan (no gradient) for the others (see :meth:`solve`)."""
+    def _set_apart(self, x0: Tensor, overrides: dict[str, Tensor], sol: Solution,
+                   retry: bool) -> Solution:
+        """``sol`` with its failed samples solved again cold (with ``retry``), and those that
+        fail again given the zero plan and no gradient (see :meth:`solve`)."""
+        failed = sol.failed
         if retry:
-            try:
-                return self.ctrl(x0, **overrides)
-            except NonFiniteError as e:
-                err = e
-        ok = self._finite_at_rest(x0, overrides)
-        if err.samples:  # the samples where the solver met it (a Newton step, a rollout)
-            ok[err.samples] = False
-        if bool(ok.all()):
-            raise err  # no sample to blame: nothing to set apart
-        sub = None
-        for _ in range(4):  # the rest may fail elsewhere: set those apart too, a few times
-            if not bool(ok.any()):
-                break
-            idx = torch.nonzero(ok)[:, 0]
-            try:
-                sub = self.ctrl(x0[idx], **{k: v[idx] if v.dim() > len(self._cost_shapes[k])
-                                            else v for k, v in overrides.items()})
-                break
-            except NonFiniteError as e:
-                if not e.samples:
-                    raise
-                ok[idx[e.samples]] = False
-        else:
-            raise err
-        self.stats["nonfinite"] += int((~ok).sum())
+            self.stats["cold_retries"] += 1
+            r = torch.nonzero(failed)[:, 0]
+            sub = self.ctrl(x0[r], **{k: v[r] if v.dim() > len(self._cost_shapes[k]) else v
+                                      for k, v in overrides.items()})
+            sol = Solution(**{f.name: _merge(getattr(sol, f.name), getattr(sub, f.name), r)
+                              for f in dataclasses.fields(Solution)})
+            failed = sol.failed
+            if not bool(failed.any()):
+                return sol
+        n_bad = int(failed.sum())
+        self.stats["nonfinite"] += n_bad
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
-            warnings.warn(f"DiLQR actor: the solve overflows from {int((~ok).sum())} of "
-                          f"{ok.numel()} states (the model's rollout or its Newton steps: a "
-                          "tumbling system under a wrong model?); they get zero plans and no "
-                          "gradient. Counted in DiLQRActor.stats['nonfinite']; this warning "
-                          "is shown once.", UserWarning, stacklevel=4)
-        B, T, n, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_state, self.ctrl.n_ctrl
-        good, bad = torch.nonzero(ok)[:, 0], torch.nonzero(~ok)[:, 0]
-        u0 = self._zero_plan(x0.new_zeros(bad.numel(), T, m))
-        x_bad = x0[bad].detach()[:, None].expand(-1, T + 1, n)
-        if sub is None:
-            return Solution(x=x_bad.clone(), u=u0, cost=x0.new_full((B,), math.inf),
-                            converged=torch.zeros(B, dtype=torch.bool, device=x0.device),
-                            iterations=torch.zeros(B, dtype=torch.long, device=x0.device),
-                            free=torch.ones(B, T, m, dtype=torch.bool, device=x0.device))
-
-        def merge(a: Tensor, b: Tensor) -> Tensor:  # differentiable in the solved part
-            out = a.new_zeros(B, *a.shape[1:])
-            return out.index_copy(0, good, a).index_copy(0, bad, b.to(a))
-
-        return Solution(
-            x=merge(sub.x, x_bad), u=merge(sub.u, u0),
-            cost=merge(sub.cost, sub.cost.new_full((bad.numel(),), math.inf)),
-            converged=merge(sub.converged, torch.zeros_like(bad, dtype=torch.bool)),
-            iterations=merge(sub.iterations, torch.zeros_like(bad)),
-            free=merge(sub.free, torch.ones(bad.numel(), T, m, dtype=torch.bool,
-                                            device=x0.device)))
+            warnings.warn(f"DiLQR actor: the solve overflows from {n_bad} of {failed.numel()} "
+                          "states (the model's rollout or its Newton steps: a tumbling system "
+                          "under a wrong model?); they get zero plans and no gradient. Counted "
+                          "in DiLQRActor.stats['nonfinite']; this warning is shown once.",
+                          UserWarning, stacklevel=4)
+        zero = self._zero_plan(torch.zeros_like(sol.u))
+        f3 = failed[:, None, None]
+        # the set-apart rows of x may be NaN/inf: the initial state repeated instead
+        x_rest = x0.detach()[:, None].expand_as(sol.x)
+        return dataclasses.replace(sol, u=torch.where(f3, zero, sol.u),
+                                   x=torch.where(f3, x_rest, sol.x),
+                                   cost=torch.where(failed, torch.inf, sol.cost))
 
     def _zero_plan(self, u: Tensor) -> Tensor:
         """Zero controls ``(b, T, m)``, clamped into the control box."""
         return torch.maximum(torch.minimum(u, self.u_hi.to(u)), self.u_lo.to(u))
 
-    @torch.no_grad()
-    def _finite_at_rest(self, x0: Tensor, overrides: dict[str, Tensor]) -> Tensor:
-        """``(B,)`` bool: the samples whose rollout of zero controls, and its cost, are finite
-        (the solver's check of a cold start, sample by sample)."""
-        B, T, m = x0.shape[0], self.ctrl.horizon, self.ctrl.n_ctrl
-        theta, P = self.ctrl._params(B, x0, None, overrides)
-        u = self._zero_plan(x0.new_zeros(B, T, m))
-        x = rollout(self.ctrl.dynamics, x0, u, theta)
-        J = self.ctrl.cost.total(x, u, P)
-        return torch.isfinite(x).all(-1).all(-1) & torch.isfinite(J)
-
     def forward(self, obs: Tensor) -> Tensor:
         """Actions ``(B, m)`` float32 from observations ``(B, obs_dim)``."""
         sol = self.solve(obs)
         return self.to_action(sol.u[:, 0]).to(torch.float32)
+
+
+def _merge(full: Tensor | None, part: Tensor | None, rows: Tensor) -> Tensor | None:
+    """``full (B, ...)`` with ``rows`` replaced by ``part`` (differentiable in both); a
+    per-iteration ``history`` of another length is dropped."""
+    if full is None or part is None or full.shape[1:] != part.shape[1:]:
+        return None
+    return full.index_copy(0, rows, part.to(full))
