@@ -90,7 +90,7 @@ class MPCPolicy:
         if bool(failed.any()) and warm is not None:
             # the shifted plan may be what overflows: plan those samples from scratch
             r = torch.nonzero(failed)[:, 0]
-            u_r, f_r = self._solve(H, x0[r], None if params is None or params.dim() == 1
+            u_r, f_r = self._solve(H, x0[r], params if params is None or params.dim() == 1
                                    else params[r], None)
             u, failed = u.index_copy(0, r, u_r), failed.index_copy(0, r, f_r)
         if bool(failed.any()):

@@ -1,7 +1,9 @@
 """Why the RL loss alone does not fix a wrong model: the signal that PPO's gradient carries to the
-DiLQR actor's physical parameters, measured at the benchmark's wrong pendulum model.
+DiLQR actor's physical parameters, measured at the RL benchmark's wrong model of ``--env``
+(``benchmarks/rl_methods.py``: every parameter 40 % off).
 
-Three measurements at ``theta_0 = (g, m, l) = (14, 1.4, 0.6)`` (truth ``(10, 1, 1)``):
+Three measurements at that ``theta_0`` (pendulum: ``(g, m, l) = (14, 1.4, 0.6)``, truth
+``(10, 1, 1)``):
 
 1. **The landscape.** ``J(theta)``, the deterministic closed-loop return of MPC with model
    ``theta`` on ``--starts`` fixed starts, along the segment ``theta_0 -> theta*``: what the
@@ -16,12 +18,14 @@ Three measurements at ``theta_0 = (g, m, l) = (14, 1.4, 0.6)`` (truth ``(10, 1, 
    ``dJ/dtheta`` per rollout, and the fraction of first controls on their bound (those carry no
    gradient to the model: the implicit gradient of a held control is zero).
 
-Writes ``benchmarks/results/rl_gradient_signal.{json,png}``; one torch thread.
+Writes ``benchmarks/results/rl_gradient_signal.{json,png}`` (pendulum) or
+``rl_gradient_signal_<env>.{json,png}``; one torch thread.
 
 Usage::
 
     python benchmarks/rl_gradient_signal.py               # ~3 min on one core
     python benchmarks/rl_gradient_signal.py --rollouts 16 --starts 16
+    python benchmarks/rl_gradient_signal.py --env dilqr_rl/CartPole-v0 --starts 4 --alphas 6
 """
 
 from __future__ import annotations
@@ -36,8 +40,7 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ENV = "dilqr_rl/Pendulum-v0"
-WRONG = {"g": 14.0, "m": 1.4, "l": 0.6}
+PENDULUM = "dilqr_rl/Pendulum-v0"
 
 
 def closed_loop_return(params: dict[str, float], opt: argparse.Namespace) -> float:
@@ -47,19 +50,21 @@ def closed_loop_return(params: dict[str, float], opt: argparse.Namespace) -> flo
     from dilqr_rl import tasks
     from dilqr_rl.agents.mpc import MPCPolicy, mpc_episodes
 
-    envs = [gym.make(ENV) for _ in range(opt.starts)]
-    policy = MPCPolicy(tasks.for_env(ENV), None, params, opt.max_iter)
+    envs = [gym.make(opt.env) for _ in range(opt.starts)]
+    policy = MPCPolicy(tasks.for_env(opt.env), None, params, opt.max_iter)
     return float(np.mean(mpc_episodes(envs, policy, 10_000)))
 
 
-def rollout_gradient(seed: int, opt: argparse.Namespace) -> dict[str, Any]:
-    """One rollout of the Gaussian DiLQR policy and its policy-gradient estimate."""
+def rollout_gradient(seed: int, wrong: dict[str, float], opt: argparse.Namespace
+                     ) -> dict[str, Any]:
+    """One rollout of the Gaussian DiLQR policy with model ``wrong`` and its policy-gradient
+    estimate."""
     import gymnasium as gym
 
     from dilqr_rl import sb3
 
-    env = gym.make(ENV)
-    spec = sb3.controller_spec(ENV, WRONG, max_iter=opt.max_iter)
+    env = gym.make(opt.env)
+    spec = sb3.controller_spec(opt.env, wrong, max_iter=opt.max_iter)
     actor = sb3.DiLQRActor(spec, env.action_space, plan_cache=0)
     actor.eval()
     std = float(np.exp(opt.log_std))
@@ -97,6 +102,7 @@ def rollout_gradient(seed: int, opt: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default=PENDULUM)
     p.add_argument("--rollouts", type=int, default=8)
     p.add_argument("--n-steps", type=int, default=512, help="env steps per rollout (PPO's)")
     p.add_argument("--starts", type=int, default=8, help="fixed starts of J(theta)")
@@ -105,18 +111,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-std", type=float, default=-1.0)
     p.add_argument("--gamma", type=float, default=0.9)
     p.add_argument("--max-iter", type=int, default=10)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "rl_gradient_signal"))
-    return p.parse_args(argv)
+    p.add_argument("--out", default=None, help="default benchmarks/results/rl_gradient_signal"
+                   " (pendulum) or rl_gradient_signal_<env>")
+    opt = p.parse_args(argv)
+    if opt.out is None:
+        tail = "" if opt.env == PENDULUM else "_" + opt.env.split("/")[-1]
+        opt.out = os.path.join(HERE, "results", "rl_gradient_signal" + tail)
+    return opt
 
 
 def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
+    from rl_methods import wrong_params
+
     import dilqr_rl.envs  # noqa: F401  (registers the ids)
     from dilqr_rl import tasks
 
     opt = parse_args(argv)
     t0 = time.perf_counter()
-    truth = dict(tasks.for_env(ENV).params)
+    truth = dict(tasks.for_env(opt.env).params)
+    WRONG = wrong_params(opt.env)
     names = list(WRONG)
     th0, th1 = np.array([WRONG[k] for k in names]), np.array([truth[k] for k in names])
     alphas = np.linspace(0.0, 1.0, opt.alphas)
@@ -129,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         up[k], dn[k] = th0[i] + h, th0[i] - h
         fd.append((closed_loop_return(up, opt) - closed_loop_return(dn, opt)) / (2 * h))
     fd = np.array(fd)
-    rolls = [rollout_gradient(1000 + r, opt) for r in range(opt.rollouts)]
+    rolls = [rollout_gradient(1000 + r, WRONG, opt) for r in range(opt.rollouts)]
     G = np.array([r["grad"] for r in rolls])
     cos = [float(g @ fd / (np.linalg.norm(g) * np.linalg.norm(fd) + 1e-300)) for g in G]
     report = {
-        "env": ENV, "wrong": WRONG, "truth": truth, "threads": 1,
+        "env": opt.env, "wrong": WRONG, "truth": truth, "threads": 1,
         "opt": {**vars(opt), "out": os.path.relpath(opt.out)},  # no machine paths
         "alphas": alphas.tolist(), "landscape": landscape,
         "dJ_dtheta_fd": dict(zip(names, fd.tolist(), strict=True)),

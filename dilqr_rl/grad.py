@@ -233,7 +233,7 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     for k, v in gP.items():
         if _per_sample(spec, P[k], k):
             bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
-    if not bool(bad.any()) or bool(bad.all()) or bool((bad & converged).any()):
+    if not bool(bad.any()) or bool((bad | failed).all()) or bool((bad & converged).any()):
         return g0, gth, gP
     out = _vjp_on(spec, ~bad & ~failed, x0, theta, P, x, u, free, gx, gu)
     warnings.warn(f"DiLQR: the implicit gradient of {int(bad.sum())} unconverged sample(s) "

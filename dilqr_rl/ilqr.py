@@ -216,6 +216,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
             st.failed = st.failed | out
             w_host = w_host & f_host
             st.converged = st.converged & ~out
+            st.kkt = torch.where(out, math.nan, st.kkt)
+            st.pivot = torch.where(out, math.nan, st.pivot)
         if not bool(w_host.any()):
             break
         any_exact = bool((n_host & w_host).any())

@@ -71,8 +71,8 @@ class ILQRConfig:
         controls, with a non-finite ``x``, when the first rollout already failed), is not
         converged and gets no gradient. For callers that need an answer for every healthy
         sample whatever happens to the others (a receding-horizon loop, an RL rollout under
-        a wrong model); not with ``grad="unroll"`` (NaN in the unrolled graph poisons the
-        batch's gradient).
+        a wrong model). With ``grad="unroll"`` the layer then records the other samples
+        again on their own (a set-apart sample's NaN would reach the shared gradients).
     """
 
     max_iter: int = 100

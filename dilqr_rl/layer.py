@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .cost import Cost, QuadraticCost
 from .grad import GRAD_MODES, solve_implicit
 from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
+from .ilqr_types import _Problem
 from .models import Dynamics
 
 __all__ = ["DiLQR", "NonFiniteError", "NotConvergedError", "UnconvergedWarning"]
@@ -207,14 +208,18 @@ class DiLQR(nn.Module):
             _check_finite("u_init", u_init)
 
         if self.grad == "unroll":
-            if self.config.on_nonfinite == "isolate":
-                raise ValueError("ILQRConfig.on_nonfinite='isolate' needs grad='implicit' or "
-                                 "'last_lqr': with grad='unroll' a set-apart sample's NaN "
-                                 "would enter the unrolled graph and poison the batch's "
-                                 "gradient")
             sol = ilqr_solve(self.dynamics, self.cost, x0, theta, P, u_init, lower, upper,
                              self.config)
             x, u = sol.x, sol.u
+            if sol.failed is not None and bool(sol.failed.any()) and x.requires_grad:
+                # the recorded graph carries the set-apart samples' NaN into every shared
+                # parameter's gradient (0 * NaN): record the others alone (the solver treats
+                # samples independently, so their iterates are the same) and detach the rest
+                good = torch.nonzero(~sol.failed)[:, 0]
+                sub = ilqr_solve(self.dynamics, self.cost, *_take(good, x0, theta, P, u_init,
+                                                                   lower, upper), self.config)
+                x = sol.x.detach().index_copy(0, good, sub.x)
+                u = sol.u.detach().index_copy(0, good, sub.u)
         else:
             x, u, sol = solve_implicit(self.dynamics, self.cost, x0, theta, P, u_init, lower,
                                        upper, self.config, exact=self.grad == "implicit")
@@ -242,12 +247,16 @@ class DiLQR(nn.Module):
                         history=sol.history, failed=failed)
 
     def _report(self, sol: Solution) -> None:
-        if self.config.tol == 0:
-            return  # a fixed iteration count was asked for
+        n_failed = 0 if sol.failed is None else int(sol.failed.sum())
+        if self.config.tol == 0:  # a fixed iteration count was asked for: only set-apart ones
+            if n_failed:
+                warnings.warn(f"DiLQR: {n_failed} of {sol.failed.numel()} samples set apart as "
+                              "not finite (on_nonfinite='isolate': see Solution.failed); they "
+                              "get no gradient", UnconvergedWarning, stacklevel=3)
+            return
         bad = int((~sol.converged).sum())
         if bad == 0:
             return
-        n_failed = 0 if sol.failed is None else int(sol.failed.sum())
         msg = (f"DiLQR: {bad} of {sol.converged.numel()} samples did not converge in "
                f"{self.config.max_iter} iterations (tol={self.config.tol}); their gradient is "
                "taken at a point that is not a fixed point")
@@ -286,3 +295,11 @@ class DiLQR(nn.Module):
         """The controls ``(B, T, m)`` the next :meth:`act` starts from (the last plan shifted
         by one step, its last control repeated), or ``None`` after :meth:`reset`."""
         return None if self._warm is None else self._warm.clone()
+
+
+def _take(idx: Tensor, x0: Tensor, theta: Tensor, P: dict[str, Tensor], u_init: Tensor,
+          lower: Tensor | None, upper: Tensor | None) -> tuple:
+    """The solve's inputs of the samples ``idx`` (``P``, bounds and ``u_init`` are per
+    sample; ``theta`` shared ``(p,)`` or per sample)."""
+    pr = _Problem(x0, theta, P, lower, upper).take(idx)
+    return pr.x0, pr.theta, pr.P, u_init[idx], pr.lower, pr.upper

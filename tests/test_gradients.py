@@ -245,3 +245,12 @@ def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
                                          torch.ones(3, dtype=torch.bool),
                                          torch.zeros(3, dtype=torch.bool), gx, gu, g0, gth, gP)
     assert same[0] is g0 and same[1] is gth
+    # every sample not set apart (on_nonfinite="isolate") has a non-finite gradient: nothing
+    # can be blamed, so the gradient stands (the caller raises) instead of becoming zero
+    failed = torch.tensor([True, False, False])
+    g0f = g0.clone()
+    g0f[0], g0f[2] = 0.0, math.nan
+    same = _without_unconverged_failures(spec, x0, theta, P, sol.x, sol.u, sol.free,
+                                         torch.zeros(3, dtype=torch.bool), failed, gx, gu,
+                                         g0f, gth, gP)
+    assert same[0] is g0f and same[1] is gth

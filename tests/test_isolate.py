@@ -125,11 +125,39 @@ def test_isolate_every_sample_failed_returns_without_iterating():
     assert torch.equal(sol.u, torch.zeros_like(sol.u))
 
 
-def test_isolate_is_refused_with_unroll_and_checked():
-    ctrl = _ctrl(on_nonfinite="isolate")
-    ctrl.grad = "unroll"
-    with pytest.raises(ValueError, match="on_nonfinite='isolate' needs grad="):
-        ctrl(X0)
+def test_isolate_with_unroll_records_only_the_others():
+    """With ``grad="unroll"`` the recorded graph of a set-apart sample would carry its NaN into
+    the shared parameters' gradient: the others are recorded alone, same result."""
+    c1, c2 = _ctrl(on_nonfinite="isolate"), _ctrl()
+    c1.grad = c2.grad = "unroll"
+    with pytest.warns(dl.UnconvergedWarning, match="1 of them set apart"):
+        sol = c1(X0)
+    ref = c2(X0[1:])
+    assert sol.failed.tolist() == [True, False, False, False]
+    assert torch.allclose(sol.u[1:], ref.u, atol=1e-12, rtol=0)
+    keep = ~sol.failed
+    (sol.u[keep].sum() + sol.cost[keep].sum()).backward()
+    (ref.u.sum() + ref.cost.sum()).backward()
+    for p, q in ((c1.dynamics.a, c2.dynamics.a), (c1.dynamics.b, c2.dynamics.b),
+                 (c1.cost.weights, c2.cost.weights)):
+        assert torch.isfinite(p.grad).all()
+        assert torch.allclose(p.grad, q.grad, atol=1e-10, rtol=1e-10)
+
+
+def test_isolate_warns_at_a_fixed_iteration_count_too():
+    # tol = 0 asks for max_iter iterations and reports no unconverged sample; a set-apart one
+    # is still reported
+    cfg = dict(on_nonfinite="isolate", tol=0.0)
+    cost = dl.QuadraticCost.tracking([1.0, 2.0, 0.1, 0.1], [4.0, 0.0, 0.0, 0.0],
+                                     n_state=2).double()
+    ctrl = dl.DiLQR(_Kink(), cost, horizon=12, config=dl.ILQRConfig(max_iter=5, **cfg))
+    with pytest.warns(dl.UnconvergedWarning, match="1 of 4 samples set apart"):
+        sol = ctrl(X0)
+    assert sol.failed.tolist() == [True, False, False, False]
+    assert torch.isnan(sol.kkt[0]) and torch.isnan(sol.pivot[0])
+
+
+def test_on_nonfinite_is_checked():
     with pytest.raises(ValueError, match="on_nonfinite must be 'raise' or 'isolate'"):
         dl.ILQRConfig(on_nonfinite="skip")
 

@@ -103,3 +103,30 @@ def test_failed_replan_retries_cold_then_flies_the_previous_plan(monkeypatch) ->
         policy(x0)
     assert err.value.samples == [1]
     assert u_first.shape == (2, 1)
+
+
+def test_failed_replan_keeps_shared_model_parameters(monkeypatch) -> None:
+    """The cold replan of a failed sample uses the model parameters the caller gave, shared
+    ``(p,)`` as well as per sample."""
+    import torch
+
+    from dilqr_rl.agents.mpc import MPCPolicy
+
+    policy = MPCPolicy(dl.tasks.get("pendulum"), horizon=10, max_iter=5)
+    # near upright: plans off the torque bound, so the model shows in them
+    x0 = torch.tensor([[0.99, 0.1411, 0.2], [0.995, -0.0998, -0.1]], dtype=torch.float64)
+    params = torch.tensor([10.0, 1.5, 1.0], dtype=torch.float64)  # (g, m, l): m off
+    policy.plan(x0, params)
+    solve = policy._solve
+
+    def warm_fails(H, x, p, warm):  # sample 1's warm start "overflows"
+        u, failed = solve(H, x, p, warm)
+        return u, failed | ((torch.arange(x.shape[0]) == 1) & (warm is not None))
+
+    monkeypatch.setattr(policy, "_solve", warm_fails)
+    policy.plan(x0, params)
+    plan = policy._warm[1, :-1]  # sample 1's plan, shifted
+    with torch.no_grad():
+        ref = policy.controller(10)(x0[1:], params=params).u[0, 1:]
+        other = policy.controller(10)(x0[1:]).u[0, 1:]
+    assert torch.allclose(plan, ref, atol=1e-12) and not torch.allclose(plan, other, atol=1e-3)

@@ -195,6 +195,15 @@ def test_actor_sets_apart_samples_whose_model_blows_up() -> None:
     lone = actor.solve(obs[1:2])
     assert lone.u.abs().sum() == 0 and actor.stats["nonfinite"] == 2
     assert torch.isfinite(actor(obs[1:2])).all()
+    # the same with an unrolled gradient
+    unroll = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}, grad="unroll"),
+                        env.action_space).train()
+    sol = unroll.solve(obs)
+    assert unroll.stats["nonfinite"] == 1 and sol.u[1].abs().sum() == 0
+    torch.testing.assert_close(sol.u[[0, 2]], alone.u.to(sol.u), atol=1e-8, rtol=0)
+    sol.u.sum().backward()
+    g = unroll.ctrl.dynamics.g.grad
+    assert g is not None and torch.isfinite(g) and g != 0
 
 
 @pytest.mark.filterwarnings("ignore:DiLQR actor")

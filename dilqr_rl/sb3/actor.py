@@ -63,10 +63,9 @@ class DiLQRActor(nn.Module):
         super().__init__()
         self.spec = ControllerSpec.coerce(controller)
         self.ctrl = self.spec.build()
-        if self.ctrl.grad != "unroll":
-            # a rollout needs an action for every state, whatever the model predicts for the
-            # others in the batch: the solver sets non-finite samples apart (see solve)
-            self.ctrl.config = dataclasses.replace(self.ctrl.config, on_nonfinite="isolate")
+        # a rollout needs an action for every state, whatever the model predicts for the
+        # others in the batch: the solver sets non-finite samples apart (see solve)
+        self.ctrl.config = dataclasses.replace(self.ctrl.config, on_nonfinite="isolate")
         self.learn = parse_learn(learn)
         for p in self.physical_parameters():
             p.requires_grad_("dynamics" in self.learn)
@@ -209,8 +208,7 @@ class DiLQRActor(nn.Module):
         samples that were warm-started are solved again from zero controls (counted in
         ``stats["cold_retries"]``); those that fail cold too get the zero plan (clamped into the
         box) with no gradient, counted in ``stats["nonfinite"]`` and warned about once (an
-        action is needed in a rollout whatever the model predicts). With ``grad="unroll"`` the
-        solver raises :class:`~dilqr_rl.NonFiniteError` instead."""
+        action is needed in a rollout whatever the model predicts)."""
         x0 = self.state(obs)
         u_init = self.initial_plans(obs, x0)
         overrides = self.cost_overrides(x0)
@@ -219,19 +217,22 @@ class DiLQRActor(nn.Module):
             warnings.simplefilter("ignore", UnconvergedWarning)
             sol = self.ctrl(x0, u_init=u_init, **overrides)
             if sol.failed is not None and bool(sol.failed.any()):
-                sol = self._set_apart(x0, overrides, sol, retry=u_init is not None)
+                # (a zero warm start is a cold start already: no retry for those)
+                warm = None if u_init is None else (u_init != 0).flatten(1).any(1)
+                sol = self._set_apart(x0, overrides, sol, warm)
         self._count(sol)
         self._remember(obs, sol)
         return sol
 
     def _set_apart(self, x0: Tensor, overrides: dict[str, Tensor], sol: Solution,
-                   retry: bool) -> Solution:
-        """``sol`` with its failed samples solved again cold (with ``retry``), and those that
-        fail again given the zero plan and no gradient (see :meth:`solve`)."""
+                   warm: Tensor | None) -> Solution:
+        """``sol`` with its failed samples that had a warm start (``warm (B,)`` bool, or
+        ``None``: none had) solved again cold, and those that fail again given the zero plan
+        and no gradient (see :meth:`solve`)."""
         failed = sol.failed
-        if retry:
+        if warm is not None and bool((failed & warm).any()):
             self.stats["cold_retries"] += 1
-            r = torch.nonzero(failed)[:, 0]
+            r = torch.nonzero(failed & warm)[:, 0]
             sub = self.ctrl(x0[r], **{k: v[r] if v.dim() > len(self._cost_shapes[k]) else v
                                       for k, v in overrides.items()})
             sol = Solution(**{f.name: _merge(getattr(sol, f.name), getattr(sub, f.name), r)
