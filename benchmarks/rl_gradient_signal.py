@@ -190,11 +190,13 @@ def plot(report: dict[str, Any], path: str) -> None:
     fd = np.array(list(report["dJ_dtheta_fd"].values()))
     G = np.array([r["grad"] for r in report["rollouts"]])
     x = np.arange(len(names))
-    a2.bar(x - 0.2, fd / np.linalg.norm(fd), 0.4, label="dJ/dtheta (finite differences)")
+    a2.bar(x - 0.2, fd / np.linalg.norm(fd), 0.4,
+           label=f"dJ/dtheta (finite differences; norm {np.linalg.norm(fd):.3g})")
     Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
     a2.errorbar(x + 0.2, Gn.mean(0), Gn.std(0), fmt="o", color="C1",
                 label="PPO's estimate per rollout (mean +- std)")
     a2.set_xticks(x, names)
+    a2.set_ylabel("normalized component")
     a2.axhline(0, color="k", lw=0.8)
     a2.set_title(f"gradient direction; mean cos {np.mean(report['pg_cos_with_dJ']):.2f}")
     a2.legend(fontsize=8)
