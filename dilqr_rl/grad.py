@@ -194,9 +194,14 @@ class _FixedPointFn(torch.autograd.Function):
         else:
             g0, gth, gP = fixed_point_vjp(spec.dynamics, spec.cost, x0, theta, P, x, u, free,
                                           gx, gu, exact=spec.exact)
-        if spec.config.on_unconverged != "raise" and not _all_finite(g0, gth, gP):
+        isolate = spec.config.on_nonfinite == "isolate"
+        if (spec.config.on_unconverged != "raise" or isolate) and \
+                not _all_finite(g0, gth, gP):
+            # with isolate, converged samples too (the caller asked for a gradient from the
+            # healthy samples whatever happens to the others)
             g0, gth, gP = _without_unconverged_failures(spec, x0, theta, P, x, u, free,
-                                                        converged, failed, gx, gu, g0, gth, gP)
+                                                        converged, failed, gx, gu, g0, gth, gP,
+                                                        isolate=isolate)
         for name, g in (("x0", g0), ("the dynamics parameters", gth), *gP.items()):
             if not bool(torch.isfinite(g).all()):
                 bad = ~torch.isfinite(g.reshape(g.shape[0], -1) if g.dim() > 1 else g[None])
@@ -215,17 +220,18 @@ def _all_finite(g0: Tensor, gth: Tensor, gP: dict[str, Tensor]) -> bool:
 def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dict[str, Tensor],
                                   x: Tensor, u: Tensor, free: Tensor, converged: Tensor,
                                   failed: Tensor, gx: Tensor, gu: Tensor, g0: Tensor, gth: Tensor,
-                                  gP: dict[str, Tensor]
+                                  gP: dict[str, Tensor], isolate: bool = False
                                   ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The gradient again without the unconverged samples whose own gradient is not finite.
+    """The gradient again without the unconverged samples whose own gradient is not finite
+    (with ``isolate``: without any sample whose own gradient is not finite).
 
     An unconverged sample is differentiated at its last iterate (``on_unconverged="warn"``),
     where the reduced Hessian may be singular: its adjoint solve, hence its gradient, is then
     not finite, and summed into shared parameters it would poison the whole batch's gradient.
     Such samples (found by their per-sample gradient rows: ``x0``'s, and ``theta``'s and the
     cost parameters' where per sample) get a zero gradient, with a warning. When a converged
-    sample's gradient is not finite, or no sample can be blamed, the gradient is returned as
-    is (the caller raises)."""
+    sample's gradient is not finite (unless ``isolate``), or no sample can be blamed, the
+    gradient is returned as is (the caller raises)."""
     B = x0.shape[0]
     bad = ~torch.isfinite(g0).all(-1)
     if _per_sample(spec, theta, None):
@@ -233,11 +239,15 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     for k, v in gP.items():
         if _per_sample(spec, P[k], k):
             bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
-    if not bool(bad.any()) or bool((bad | failed).all()) or bool((bad & converged).any()):
+    if not bool(bad.any()) or bool((bad | failed).all()) or \
+            (not isolate and bool((bad & converged).any())):
         return g0, gth, gP
     out = _vjp_on(spec, ~bad & ~failed, x0, theta, P, x, u, free, gx, gu)
-    warnings.warn(f"DiLQR: the implicit gradient of {int(bad.sum())} unconverged sample(s) "
-                  "is not finite (a singular reduced Hessian at the last iterate); they get "
+    n_conv = int((bad & converged).sum())
+    what = (f"{int(bad.sum())} sample(s) ({n_conv} converged, on_nonfinite='isolate')"
+            if n_conv else f"{int(bad.sum())} unconverged sample(s)")
+    warnings.warn(f"DiLQR: the implicit gradient of {what} is not finite (a singular reduced "
+                  "Hessian at the last iterate, or derivatives that overflow there); they get "
                   "no gradient", UnconvergedGradientWarning, stacklevel=2)
     return out
 
@@ -269,7 +279,9 @@ def _vjp_on(spec: _Spec, keep: Tensor, x0: Tensor, theta: Tensor, P: dict[str, T
 
 
 class UnconvergedGradientWarning(UserWarning):
-    """Unconverged samples whose implicit gradient is not finite were left out of it."""
+    """Samples whose implicit gradient is not finite were left out of it: unconverged ones
+    (``on_unconverged`` ``"warn"``/``"detach"``), and with ``on_nonfinite="isolate"``
+    converged ones too."""
 
 
 def solve_implicit(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,

@@ -69,10 +69,12 @@ class ILQRConfig:
         sets such samples apart, solves the others to the end and reports the set-apart ones
         in ``Solution.failed``. A set-apart sample keeps its last finite iterate (its initial
         controls, with a non-finite ``x``, when the first rollout already failed), is not
-        converged and gets no gradient. For callers that need an answer for every healthy
-        sample whatever happens to the others (a receding-horizon loop, an RL rollout under
-        a wrong model). With ``grad="unroll"`` the layer then records the other samples
-        again on their own (a set-apart sample's NaN would reach the shared gradients).
+        converged and gets no gradient; in the backward, a sample whose own implicit
+        gradient is not finite (converged or not) is left out of it, with a warning. For
+        callers that need an answer for every healthy sample whatever happens to the others
+        (a receding-horizon loop, an RL rollout or update under a wrong model). With
+        ``grad="unroll"`` the layer then records the other samples again on their own (a
+        set-apart sample's NaN would reach the shared gradients).
     """
 
     max_iter: int = 100

@@ -245,6 +245,15 @@ def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
                                          torch.ones(3, dtype=torch.bool),
                                          torch.zeros(3, dtype=torch.bool), gx, gu, g0, gth, gP)
     assert same[0] is g0 and same[1] is gth
+    # ... unless the caller asked to isolate non-finite samples (on_nonfinite="isolate": an RL
+    # update needs the healthy samples' gradient): then a converged one is left out too
+    with pytest.warns(UnconvergedGradientWarning, match=r"1 sample\(s\) \(1 converged"):
+        i0, ith, _ = _without_unconverged_failures(
+            spec, x0, theta, P, sol.x, sol.u, sol.free, torch.ones(3, dtype=torch.bool),
+            torch.zeros(3, dtype=torch.bool), gx, gu, g0, gth, gP, isolate=True)
+    torch.testing.assert_close(i0[keep], r0)
+    assert i0[1].abs().sum() == 0
+    torch.testing.assert_close(ith, rth)
     # every sample not set apart (on_nonfinite="isolate") has a non-finite gradient: nothing
     # can be blamed, so the gradient stands (the caller raises) instead of becoming zero
     failed = torch.tensor([True, False, False])

@@ -167,3 +167,37 @@ def test_no_failure_means_failed_all_false_and_same_result():
     b = _ctrl()(X0[1:])
     assert not a.failed.any() and not b.failed.any()
     assert torch.equal(a.u, b.u)
+
+
+def test_isolate_leaves_a_converged_sample_with_a_nonfinite_gradient_out(monkeypatch):
+    """A converged sample whose implicit gradient is not finite (seen on a tumbling rocket in
+    a PPO update) raises by default; with isolate it gets no gradient, with a warning, and the
+    others keep theirs."""
+    import dilqr_rl.grad as grad
+
+    real = grad.fixed_point_vjp
+
+    def poisoned(dynamics, cost, x0, *args, **kw):  # sample 1's adjoint "overflows"
+        g0, gth, gP = real(dynamics, cost, x0, *args, **kw)
+        if x0.shape[0] == 3:
+            g0 = g0.clone()
+            g0[1] = float("inf")
+        return g0, gth, gP
+
+    monkeypatch.setattr(grad, "fixed_point_vjp", poisoned)
+    x0 = X0[1:].clone().requires_grad_(True)
+    sol = _ctrl()(x0)
+    assert sol.converged.all()
+    with pytest.raises(dl.NonFiniteError, match="implicit gradient for x0"):
+        sol.u.sum().backward()
+    ctrl = _ctrl(on_nonfinite="isolate")
+    x0 = X0[1:].clone().requires_grad_(True)
+    sol = ctrl(x0)
+    with pytest.warns(UnconvergedGradientWarning, match=r"\(1 converged"):
+        sol.u.sum().backward()
+    ref_ctrl = _ctrl()
+    xr = X0[[1, 3]].clone().requires_grad_(True)
+    ref_ctrl(xr).u.sum().backward()
+    assert x0.grad[1].abs().sum() == 0
+    assert torch.allclose(x0.grad[[0, 2]], xr.grad, atol=1e-10, rtol=0)
+    assert torch.allclose(ctrl.dynamics.a.grad, ref_ctrl.dynamics.a.grad, atol=1e-10, rtol=1e-10)
