@@ -211,7 +211,7 @@ class DiLQR(nn.Module):
             sol = ilqr_solve(self.dynamics, self.cost, x0, theta, P, u_init, lower, upper,
                              self.config)
             x, u = sol.x, sol.u
-            if sol.failed is not None and bool(sol.failed.any()) and x.requires_grad:
+            if bool(sol.failed.any()) and x.requires_grad:
                 # the recorded graph carries the set-apart samples' NaN into every shared
                 # parameter's gradient (0 * NaN): record the others alone (the solver treats
                 # samples independently, so their iterates are the same) and detach the rest
@@ -224,7 +224,7 @@ class DiLQR(nn.Module):
             x, u, sol = solve_implicit(self.dynamics, self.cost, x0, theta, P, u_init, lower,
                                        upper, self.config, exact=self.grad == "implicit")
         self._report(sol)
-        failed = sol.failed if sol.failed is not None else torch.zeros_like(sol.converged)
+        failed = sol.failed
         if bool(failed.any()):
             # a set-apart sample's x may be NaN/inf: its cost is the solver's, without a graph,
             # so that no backward meets 0 * NaN in the cost's derivatives for it
@@ -247,7 +247,7 @@ class DiLQR(nn.Module):
                         history=sol.history, failed=failed)
 
     def _report(self, sol: Solution) -> None:
-        n_failed = 0 if sol.failed is None else int(sol.failed.sum())
+        n_failed = int(sol.failed.sum())
         if self.config.tol == 0:  # a fixed iteration count was asked for: only set-apart ones
             if n_failed:
                 warnings.warn(f"DiLQR: {n_failed} of {sol.failed.numel()} samples set apart as "

@@ -216,7 +216,7 @@ class DiLQRActor(nn.Module):
             # counted and reported once by _count instead of a warning per call
             warnings.simplefilter("ignore", UnconvergedWarning)
             sol = self.ctrl(x0, u_init=u_init, **overrides)
-            if sol.failed is not None and bool(sol.failed.any()):
+            if bool(sol.failed.any()):
                 # (a zero warm start is a cold start already: no retry for those)
                 warm = None if u_init is None else (u_init != 0).flatten(1).any(1)
                 sol = self._set_apart(x0, overrides, sol, warm)
