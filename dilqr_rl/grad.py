@@ -230,8 +230,12 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     not finite, and summed into shared parameters it would poison the whole batch's gradient.
     Such samples (found by their per-sample gradient rows: ``x0``'s, and ``theta``'s and the
     cost parameters' where per sample) get a zero gradient, with a warning. When a converged
-    sample's gradient is not finite (unless ``isolate``), or no sample can be blamed, the
-    gradient is returned as is (the caller raises)."""
+    sample's gradient is not finite (unless ``isolate``), or no sample can be blamed (no
+    per-sample row is non-finite: a shared parameter's gradient is), the gradient is returned
+    as is (the caller raises). Without ``isolate`` it is also returned as is when every
+    sample's row is non-finite, rather than becoming zero; with ``isolate`` those samples all
+    get no gradient, like samples the solve set apart (a cold re-solve of a single sample in
+    an RL update is such a batch)."""
     B = x0.shape[0]
     bad = ~torch.isfinite(g0).all(-1)
     if _per_sample(spec, theta, None):
@@ -239,8 +243,8 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     for k, v in gP.items():
         if _per_sample(spec, P[k], k):
             bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
-    if not bool(bad.any()) or bool((bad | failed).all()) or \
-            (not isolate and bool((bad & converged).any())):
+    if not bool(bad.any()) or (not isolate and (bool((bad | failed).all())
+                                                 or bool((bad & converged).any()))):
         return g0, gth, gP
     out = _vjp_on(spec, ~bad & ~failed, x0, theta, P, x, u, free, gx, gu)
     n_conv = int((bad & converged).sum())

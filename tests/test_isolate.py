@@ -201,3 +201,42 @@ def test_isolate_leaves_a_converged_sample_with_a_nonfinite_gradient_out(monkeyp
     assert x0.grad[1].abs().sum() == 0
     assert torch.allclose(x0.grad[[0, 2]], xr.grad, atol=1e-10, rtol=0)
     assert torch.allclose(ctrl.dynamics.a.grad, ref_ctrl.dynamics.a.grad, atol=1e-10, rtol=1e-10)
+
+
+def test_isolate_every_sample_with_a_nonfinite_gradient_gets_none(monkeypatch):
+    """With isolate, a batch whose every sample has a non-finite implicit gradient (the SB3
+    actor's cold re-solve of one sample inside a PPO update, seen on the rocket) gives those
+    samples no gradient, with a warning, like samples the solve set apart; by default it still
+    raises, and with isolate a non-finite shared gradient that no sample's row explains still
+    raises."""
+    import dilqr_rl.grad as grad
+
+    real = grad.fixed_point_vjp
+
+    def poisoned(dynamics, cost, x0, *args, **kw):  # every sample's adjoint "overflows"
+        g0, gth, gP = real(dynamics, cost, x0, *args, **kw)
+        return torch.full_like(g0, float("inf")), gth, gP
+
+    monkeypatch.setattr(grad, "fixed_point_vjp", poisoned)
+    x0 = X0[1:2].clone().requires_grad_(True)
+    sol = _ctrl()(x0)
+    assert sol.converged.all()
+    with pytest.raises(dl.NonFiniteError, match="implicit gradient for x0"):
+        sol.u.sum().backward()
+    ctrl = _ctrl(on_nonfinite="isolate")
+    x0 = X0[1:3].clone().requires_grad_(True)
+    sol = ctrl(x0)
+    with pytest.warns(UnconvergedGradientWarning, match=r"2 sample\(s\) \(2 converged"):
+        sol.u.sum().backward()
+    assert torch.equal(x0.grad, torch.zeros_like(x0))
+    assert ctrl.dynamics.a.grad is None or ctrl.dynamics.a.grad.abs().sum() == 0
+
+    def shared(dynamics, cost, x0, *args, **kw):  # finite rows, non-finite shared gradient
+        g0, gth, gP = real(dynamics, cost, x0, *args, **kw)
+        return g0, gth + float("nan"), gP
+
+    monkeypatch.setattr(grad, "fixed_point_vjp", shared)
+    x0 = X0[1:3].clone().requires_grad_(True)
+    sol = _ctrl(on_nonfinite="isolate")(x0)
+    with pytest.raises(dl.NonFiniteError, match="dynamics parameters"):
+        sol.u.sum().backward()
