@@ -243,8 +243,9 @@ def _without_unconverged_failures(spec: _Spec, x0: Tensor, theta: Tensor, P: dic
     for k, v in gP.items():
         if _per_sample(spec, P[k], k):
             bad |= ~torch.isfinite(v.reshape(B, -1)).all(-1)
-    if not bool(bad.any()) or (not isolate and (bool((bad | failed).all())
-                                                 or bool((bad & converged).any()))):
+    if not bool(bad.any()):  # no sample's own row explains it
+        return g0, gth, gP
+    if not isolate and (bool((bad | failed).all()) or bool((bad & converged).any())):
         return g0, gth, gP
     out = _vjp_on(spec, ~bad & ~failed, x0, theta, P, x, u, free, gx, gu)
     n_conv = int((bad & converged).sum())

@@ -254,8 +254,9 @@ def test_unconverged_samples_with_a_nonfinite_gradient_are_left_out() -> None:
     torch.testing.assert_close(i0[keep], r0)
     assert i0[1].abs().sum() == 0
     torch.testing.assert_close(ith, rth)
-    # every sample not set apart (on_nonfinite="isolate") has a non-finite gradient: nothing
-    # can be blamed, so the gradient stands (the caller raises) instead of becoming zero
+    # without isolate, when every sample not set apart has a non-finite gradient the gradient
+    # stands (the caller raises) instead of becoming zero (with isolate they all get none:
+    # tests/test_isolate.py)
     failed = torch.tensor([True, False, False])
     g0f = g0.clone()
     g0f[0], g0f[2] = 0.0, math.nan
