@@ -87,7 +87,46 @@ def method_record(env: str, m: str, rs: list[dict[str, Any]], thr: dict[str, flo
         rec["success_curve"] = np.mean(np.array(succ, dtype=float), 0).tolist()
     if is_dilqr(m):
         rec.update(param_errors(env, rs))
+    # each seed's own curves, so that a later invocation can add seeds (merge_env)
+    rec["runs"] = [{k: r.get(k) for k in RUN_KEYS} for r in rs]
     return rec
+
+
+RUN_KEYS = ("seed", "timesteps", "mean", "success", "params", "train_s_per_step")
+
+
+def merge_env(env: str, old: dict[str, Any], new: dict[str, Any],
+              mlp_budget: int) -> dict[str, Any]:
+    """One env's report of an earlier invocation ``old`` updated with the runs of ``new``.
+
+    A method's runs are merged seed by seed (a seed in ``new`` replaces the same seed in
+    ``old``) where ``old`` kept them (``rec["runs"]``); a method of ``old`` without them is
+    replaced whole when ``new`` has it (its seeds could not be re-aggregated), and kept as it
+    is when ``new`` lacks it. The per-seed MPC thresholds are merged, the targets recomputed
+    over every seed either report has."""
+    thr = {**old["seed_threshold"], **new["seed_threshold"]}
+    min_success = None
+    if "seed_min_success" in new or "seed_min_success" in old:
+        min_success = {**old.get("seed_min_success", {}), **new.get("seed_min_success", {})}
+    er = {**new, "seed_threshold": thr, "methods": {}}
+    if min_success is not None:
+        er["seed_min_success"] = min_success
+    for ref in ("mpc_true", "mpc_wrong", "mpc_true_fixed_horizon"):
+        o, n = old.get(ref), new.get(ref)
+        if o and (not n or not set(o["per_seed"]) <= set(n["per_seed"])):
+            er[ref] = o  # the reference measured on more seeds
+    for m in list(old["methods"]) + [m for m in new["methods"] if m not in old["methods"]]:
+        o, n = old["methods"].get(m), new["methods"].get(m)
+        if n is None or o is None or "runs" not in o:
+            er["methods"][m] = o if n is None else n
+            continue
+        runs = {r["seed"]: r for r in o["runs"]}
+        runs.update({r["seed"]: r for r in n["runs"]})
+        rs = [dict(runs[s], env=env, method=m) for s in sorted(runs)]
+        er["methods"][m] = method_record(env, m, rs, thr, min_success)
+    seeds = sorted({int(s) for r in er["methods"].values() for s in r["seed_steps_to_target"]})
+    er["targets"] = seed_targets(er, list(er["methods"]), seeds, mlp_budget)
+    return er
 
 
 def seed_targets(er: dict[str, Any], methods: list[str], seeds: list[int],

@@ -37,8 +37,9 @@ Usage (default: 3 seeds, all five envs; one torch thread per worker)::
     python benchmarks/rl_sample_efficiency.py --replot
 
 Finished runs are cached (``runs/rl_sample_efficiency/<run>/result.json``); ``--reuse`` takes
-them instead of retraining, so a killed benchmark resumes and envs can be run in parts (the
-JSON merges envs of earlier invocations). Writes
+them instead of retraining, so a killed benchmark resumes and envs can be run in parts. The
+JSON merges earlier invocations: envs not run now are kept, and a method run now on some seeds
+joins the same method's other seeds (each method's record keeps its seeds' curves). Writes
 ``benchmarks/results/rl_sample_efficiency.{json,png,md}``.
 """
 
@@ -54,7 +55,7 @@ from typing import Any
 
 import numpy as np
 from rl_methods import ENVS, METHODS, run_args, true_params, wrong_params
-from rl_report import env_report, markdown, plot, print_table
+from rl_report import env_report, markdown, merge_env, plot, print_table
 
 import dilqr_rl.envs  # noqa: F401  (registers the ids: tasks.for_env knows them)
 from dilqr_rl import tasks
@@ -213,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": opt.seeds, "eval_freq": opt.eval_freq, "eval_episodes": opt.eval_episodes,
         "max_iter": opt.max_iter, "threads": 1, "workers": opt.workers,
         "wrong_params": {e: wrong_params(e) for e in opt.envs},
-        "envs": {**previous, **{e: env_report(e, opt, runs, mpc_out) for e in opt.envs
-                                if any(r["env"] == e for r in runs)}}}
+        "envs": dict(previous)}
+    for e in opt.envs:
+        if any(r["env"] == e for r in runs):
+            er = env_report(e, opt, runs, mpc_out)
+            report["envs"][e] = merge_env(e, previous[e], er, opt.mlp_budget) \
+                if e in previous else er
+    report["seeds"] = sorted({int(s) for er in report["envs"].values()
+                              for s in er["targets"]} | set(opt.seeds))
     report["wall_s"] = time.perf_counter() - t_start
     if not report["envs"]:
         print("no finished runs yet (MPC references computed and cached)")

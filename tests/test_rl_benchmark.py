@@ -82,3 +82,43 @@ def test_wrong_models_are_wrong_where_the_dynamics_look() -> None:
         assert wrong.keys() == truth.keys()
         for k in truth:
             assert abs(wrong[k] / truth[k] - 1) == pytest.approx(0.4)
+
+
+def test_merge_adds_seeds_to_a_method_of_an_earlier_invocation() -> None:
+    """A method run later on more seeds joins its earlier seeds (a seed run again replaces the
+    old one); a method run only earlier is kept; an old record without its seeds' curves is
+    replaced whole; the targets are recomputed over every seed."""
+    env, truth = "dilqr_rl/Pendulum-v0", {"g": 10.0, "m": 1.0, "l": 1.0}
+    wrong = rl_methods.wrong_params(env)
+
+    def rec(m: str, curves: dict[int, list[float]], thr: dict[str, float]) -> dict:
+        rs = [{"env": env, "method": m, "seed": s, "timesteps": [0, 256, 512], "mean": c,
+               "success": [None] * 3, "params": [wrong, truth, truth],
+               "train_s_per_step": 0.1} for s, c in curves.items()]
+        return rl_report.method_record(env, m, rs, thr)
+
+    t_old, t_new = {"0": -110.0, "1": -120.0}, {"1": -120.0, "2": -100.0}
+    old = {"seed_threshold": t_old, "mpc_true": {"per_seed": {"0": -100.0, "1": -109.0}},
+           "methods": {"dilqr_sac": rec("dilqr_sac", {0: [-900, -105, -104],
+                                                      1: [-900, -800, -700]}, t_old),
+                       "mlp_sac": rec("mlp_sac", {0: [-900, -900, -900],
+                                                  1: [-900, -900, -119]}, t_old),
+                       "dilqr_ppo": rec("dilqr_ppo", {0: [-900, -100, -100]}, t_old)}}
+    del old["methods"]["dilqr_ppo"]["runs"]  # a report written before the runs were kept
+    new = {"seed_threshold": t_new, "mpc_true": {"per_seed": {"1": -109.0, "2": -91.0}},
+           "methods": {"dilqr_sac": rec("dilqr_sac", {1: [-900, -119, -110],
+                                                      2: [-900, -900, -99]}, t_new),
+                       "dilqr_ppo": rec("dilqr_ppo", {2: [-900, -900, -900]}, t_new)}}
+    er = rl_report.merge_env(env, old, new, mlp_budget=10_240)
+    sac = er["methods"]["dilqr_sac"]
+    assert sac["seeds"] == [0, 1, 2]
+    assert sac["seed_steps_to_target"] == {"0": 256, "1": 256, "2": 512}  # seed 1 rerun
+    assert sac["final_mean"] == pytest.approx((-104 - 110 - 99) / 3)
+    assert er["methods"]["mlp_sac"] is old["methods"]["mlp_sac"]
+    assert er["methods"]["dilqr_ppo"]["seeds"] == [2]  # old seed 0 could not be merged
+    assert er["mpc_true"] is old["mpc_true"]  # new covers fewer of the old seeds
+    assert er["seed_threshold"] == {"0": -110.0, "1": -120.0, "2": -100.0}
+    # seed 0: 256 against an MLP that never gets there in 10240 steps; seed 1: against 512;
+    # seed 2 has no MLP run, so no verdict
+    assert er["targets"]["0"]["holds"] is True and er["targets"]["1"]["holds"] is False
+    assert er["targets"]["1"]["mlp_steps"] == 512 and "2" not in er["targets"]
