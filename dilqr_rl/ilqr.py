@@ -79,6 +79,9 @@ class _State:
     kkt: Tensor
     pivot: Tensor
     failed: Tensor  # (B,) bool: set apart, not finite (on_nonfinite="isolate")
+    # (B,) bool: the last step was accepted at alpha = 1 (the model predicted it well): the
+    # next QP subproblem is solved to the end, else inexactly (dilqr_rl.qp.solve_qp)
+    full: Tensor
 
     def write(self, idx: Tensor | None, **parts: Tensor) -> None:
         for name, part in parts.items():
@@ -104,7 +107,8 @@ def _start(dynamics: Dynamics, cost: Cost, pr: _Problem, u_init: Tensor, cfg: IL
     nan = torch.full_like(J, math.nan)
     no = torch.zeros(B, dtype=torch.bool, device=u.device)
     zero = torch.zeros(B, dtype=torch.long, device=u.device)
-    return _State(x, u, J, torch.full_like(J, cfg.mu_init), no, no, zero, zero, nan, nan, bad)
+    return _State(x, u, J, torch.full_like(J, cfg.mu_init), no, no, zero, zero, nan, nan, bad,
+                  ~no)
 
 
 def _finish(dynamics, cost, full: _Problem, st: _State, hist: list[Tensor],
@@ -167,8 +171,8 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
     hist: list[Tensor] = []
     for _ in range(cfg.max_iter if idx is None or idx.numel() else 0):
         pr = full if idx is None else full.take(idx)
-        xs, us, Js, mus, nws = (v if idx is None else v[idx]
-                                for v in (st.x, st.u, st.J, st.mu, st.newton))
+        xs, us, Js, mus, nws, fulls = (v if idx is None else v[idx]
+                                       for v in (st.x, st.u, st.J, st.mu, st.newton, st.full))
         # 1-2. derivatives and the projected Newton step
         gains, model = _newton_step(dynamics, cost, pr, xs, us, nws, any_exact, mus)
         # 3. certified: exact Hessian, negligible regularization, positive definite reduced
@@ -177,7 +181,7 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
         # 4. the step; a certified sample still takes its last (tiny) Newton step when it is
         # accepted: the fixed point, hence the implicit gradient, is then exact to O(tol^2)
         step, inner = _step(dynamics, cost, pr, xs, us, Js, nws, gains, model, small, alphas,
-                            cfg)
+                            cfg, ~fulls)
         acc = step.accepted
         # 5. regularization, Newton mode, bookkeeping
         mus_new = _regularization(mus, acc, cert, gains, cfg)
@@ -193,7 +197,7 @@ def ilqr_solve(dynamics: Dynamics, cost: Cost, x0: Tensor, theta: Tensor,
                 torch.where(acc, step.J, Js))], -1))
         nan_b = torch.full_like(Js, math.nan)
         st.write(idx, x=torch.where(a3, step.x, xs), u=us_new, J=torch.where(acc, step.J, Js),
-                 mu=mus_new, converged=cert,
+                 mu=mus_new, converged=cert, full=acc & (step.alpha == alphas[0]),
                  newton=nws | small | (acc & (decrease <= cfg.newton_tol * (1 + Js.abs()))),
                  iterations=(st.iterations if idx is None else st.iterations[idx]) + 1,
                  qp_iterations=(st.qp_iterations if idx is None else st.qp_iterations[idx])

@@ -160,9 +160,12 @@ def _escape(dynamics, cost, pr, x, u, J, gains, alphas) -> _Step:
 
 
 def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model: LQModel,
-          small: Tensor, alphas: Tensor, cfg: ILQRConfig) -> tuple[_Step, Tensor]:
+          small: Tensor, alphas: Tensor, cfg: ILQRConfig, loose: Tensor | None = None
+          ) -> tuple[_Step, Tensor]:
     """Step 4: the QP plan and the line search along it; at an indefinite exact reduced
-    Hessian, also the negative-curvature escape. :return: the step and the QP iterations."""
+    Hessian, also the negative-curvature escape. ``loose (b,)``: samples whose QP subproblem
+    may be solved inexactly (:func:`dilqr_rl.qp.solve_qp`). :return: the step and the QP
+    iterations."""
     inner = torch.zeros_like(Js, dtype=torch.long)
     qp = torch.ones_like(Js, dtype=torch.bool) if pr.lower is not None else \
         torch.zeros_like(Js, dtype=torch.bool)
@@ -186,7 +189,8 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
             g = mdl.newton(torch.zeros_like(us[r]), torch.zeros_like(xs[r]))
         du, dxq, Kq, its = solve_qp(mdl, g, us[r], alphas, _step_tol(cfg.tol or ILQRConfig.tol,
                                                                       us.dtype),
-                                    cfg.armijo, cfg.qp_iters)
+                                    cfg.armijo, cfg.qp_iters,
+                                    None if loose is None else loose if every else loose[r])
         inner = inner.index_copy(0, r, its)
         plan = LQRGains(Kq, du, g.free, g.ok & ((its > 0) | small[r]), g.pivot, g.Quu, g.lam,
                         g.gu, Kg=g.Kg)
