@@ -5,12 +5,16 @@ box-constrained LQ problem, tests/test_solver_reference.py) it is still solved t
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import dilqr_rl.qp as qp
 from dilqr_rl import ILQRConfig, tasks
 
 
+# (10 iterations do not converge from there, with either subproblem: expected)
+@pytest.mark.filterwarnings("ignore::dilqr_rl.UnconvergedWarning")
+@torch.no_grad()
 def test_a_misleading_model_gets_an_inexact_subproblem(monkeypatch) -> None:
     # a state an SB3 run's replay buffer held (cart 50 m out, pole spinning), a model the RL
     # loss had drifted to, and the plan of the initial wrong model as the warm start (the
@@ -20,7 +24,7 @@ def test_a_misleading_model_gets_an_inexact_subproblem(monkeypatch) -> None:
     x0[:, 2:4] /= x0[:, 2:4].norm(dim=-1, keepdim=True)
     start = task.controller(model_params={"g": 13.72, "m_cart": 1.4, "m_pole": 0.06, "l": 0.3},
                             config=ILQRConfig(max_iter=10))
-    u_init = start(x0).u.detach()
+    u_init = start(x0).u
     ctl = task.controller(model_params={"g": 13.7, "m_cart": 1.0, "m_pole": 0.045, "l": 0.128},
                           config=ILQRConfig(max_iter=10))
     loose = ctl(x0, u_init=u_init)
