@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from .cost import Cost, QuadraticCost
 from .grad import GRAD_MODES, solve_implicit
-from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve
+from .ilqr import ILQRConfig, NonFiniteError, Solution, ilqr_solve, rollout
 from .ilqr_types import _Problem
 from .models import Dynamics
+from .qp import clamp
 
 __all__ = ["DiLQR", "NonFiniteError", "NotConvergedError", "UnconvergedWarning"]
 
@@ -165,6 +166,55 @@ class DiLQR(nn.Module):
                                  "(weights[n:] > 0, or C[n:, n:] positive definite)")
         return theta, P
 
+    def _problem(self, x0: Tensor, params: Tensor | None, u_init: Tensor | None,
+                 overrides: Mapping[str, Tensor], plan: str = "u_init"
+                 ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None, Tensor | None,
+                            Tensor]:
+        """The checked inputs of a solve (arguments as :meth:`forward`; ``plan``: the name of
+        the controls' argument in messages): ``x0 (B, n)``, ``theta``, ``P``, the bounds
+        ``(B, T, m)`` or ``None``, ``u_init (B, T, m)``."""
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"x0 must be a Tensor, got {type(x0).__name__}")
+        if x0.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"x0 must be float32 or float64, got {x0.dtype}")
+        n, m, T = self.n_state, self.n_ctrl, self.horizon
+        if x0.dim() == 1:
+            x0 = x0[None]
+        if x0.dim() != 2 or x0.shape[-1] != n:
+            raise ValueError(f"x0 must have shape (B, {n}) or ({n},), got {tuple(x0.shape)}")
+        _check_finite("x0", x0)
+        B = x0.shape[0]
+        if B == 0:
+            raise ValueError("x0 has no samples (B = 0): pass at least one initial state")
+        theta, P = self._params(B, x0, params, overrides)
+        lower, upper = self._bounds(B, x0.dtype, x0.device)
+        if u_init is None:
+            u_init = torch.zeros(B, T, m, dtype=x0.dtype, device=x0.device)
+        else:
+            if not isinstance(u_init, Tensor):
+                raise TypeError(f"{plan} must be a Tensor, got {type(u_init).__name__}")
+            if u_init.shape not in ((T, m), (B, T, m)):
+                raise ValueError(f"{plan} must have shape ({T}, {m}) or ({B}, {T}, {m}), got "
+                                 f"{tuple(u_init.shape)}")
+            u_init = u_init.detach().to(x0).expand(B, T, m)
+            _check_finite(plan, u_init)
+        return x0, theta, P, lower, upper, u_init
+
+    @torch.no_grad()
+    def rollout_cost(self, x0: Tensor, u: Tensor, params: Tensor | None = None,
+                     cost_params: Mapping[str, Tensor] | None = None, **cost_overrides: Tensor
+                     ) -> Tensor:
+        """The cost of the open-loop rollout of the plan ``u`` (clamped into the box) from
+        ``x0`` under the current model, the cost the solver starts from with ``u_init=u``; no
+        gradient. Arguments as :meth:`forward` (``u`` as ``u_init``).
+
+        :return: ``(B,)``; NaN/inf where the rollout is not finite
+        """
+        x0, theta, P, lower, upper, u = self._problem(x0, params, u, dict(
+            cost_params or {}, **cost_overrides), plan="u")
+        u = clamp(u, lower, upper)
+        return self.cost.total(rollout(self.dynamics, x0, u, theta), u, P)
+
     # ------------------------------------------------------------------ API
     def forward(self, x0: Tensor, params: Tensor | None = None, u_init: Tensor | None = None,
                 cost_params: Mapping[str, Tensor] | None = None, **cost_overrides: Tensor
@@ -180,32 +230,8 @@ class DiLQR(nn.Module):
         :param cost_overrides: the same as keywords, e.g. ``weights=``, ``goal=``
         :return: :class:`dilqr_rl.Solution`
         """
-        if not isinstance(x0, Tensor):
-            raise TypeError(f"x0 must be a Tensor, got {type(x0).__name__}")
-        if x0.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"x0 must be float32 or float64, got {x0.dtype}")
-        n, m, T = self.n_state, self.n_ctrl, self.horizon
-        if x0.dim() == 1:
-            x0 = x0[None]
-        if x0.dim() != 2 or x0.shape[-1] != n:
-            raise ValueError(f"x0 must have shape (B, {n}) or ({n},), got {tuple(x0.shape)}")
-        _check_finite("x0", x0)
-        B = x0.shape[0]
-        if B == 0:
-            raise ValueError("x0 has no samples (B = 0): pass at least one initial state")
-        overrides = dict(cost_params or {}, **cost_overrides)
-        theta, P = self._params(B, x0, params, overrides)
-        lower, upper = self._bounds(B, x0.dtype, x0.device)
-        if u_init is None:
-            u_init = torch.zeros(B, T, m, dtype=x0.dtype, device=x0.device)
-        else:
-            if not isinstance(u_init, Tensor):
-                raise TypeError("u_init must be a Tensor")
-            if u_init.shape not in ((T, m), (B, T, m)):
-                raise ValueError(f"u_init must have shape ({T}, {m}) or ({B}, {T}, {m}), got "
-                                 f"{tuple(u_init.shape)}")
-            u_init = u_init.detach().to(x0).expand(B, T, m)
-            _check_finite("u_init", u_init)
+        x0, theta, P, lower, upper, u_init = self._problem(x0, params, u_init, dict(
+            cost_params or {}, **cost_overrides))
 
         if self.grad == "unroll":
             sol = ilqr_solve(self.dynamics, self.cost, x0, theta, P, u_init, lower, upper,

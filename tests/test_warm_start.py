@@ -180,3 +180,41 @@ def test_sequential_follows_the_output_dtype() -> None:
     out = torch.zeros(1, T, M, dtype=torch.float32)
     assert s.lookup(torch.zeros(1, 3, dtype=torch.float64), out).all()
     assert out.dtype == torch.float32 and out.abs().sum() > 0
+
+
+@pytest.mark.filterwarnings("ignore:DiLQR actor")
+def test_actor_drops_warm_starts_worse_than_a_cold_start(monkeypatch) -> None:
+    """A cached plan whose rollout under the current model costs more than zero controls' is
+    no warm start: that sample starts cold (counted), the others keep theirs, and a batch with
+    none left solves as cold."""
+    gym = pytest.importorskip("gymnasium")
+    import dilqr_rl.envs  # noqa: F401
+    from dilqr_rl.sb3 import DiLQRActor, controller_spec
+
+    env = gym.make("dilqr_rl/Pendulum-v0")
+    actor = DiLQRActor(controller_spec("dilqr_rl/Pendulum-v0", {}), env.action_space)
+    assert actor.training and actor.use_plan_cache  # training solves read the plan cache
+    # near upright, and upright at rest (where zero torque is already the best plan)
+    obs = torch.tensor([[0.9553, 0.2955, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    good = actor.solve(obs).u.detach()  # cached
+    assert actor.stats["warm_dropped"] == 0
+    _, hi = actor.ctrl.bounds(1)
+    actor.plans.store(obs[1:], hi)  # full torque: knocks the upright pendulum over
+    x0 = actor.state(obs)
+    J_hi = actor.ctrl.rollout_cost(x0[1:], hi)
+    assert float(J_hi) > float(actor.ctrl.rollout_cost(x0[1:], torch.zeros_like(hi)))
+    seen: list[torch.Tensor | None] = []
+    forward = actor.ctrl.forward
+
+    def spy(x0, u_init=None, **kw):
+        seen.append(u_init)
+        return forward(x0, u_init=u_init, **kw)
+
+    monkeypatch.setattr(actor.ctrl, "forward", spy)
+    actor.solve(obs)
+    assert actor.stats["warm_dropped"] == 1
+    torch.testing.assert_close(seen[0][0], good[0])  # kept
+    assert bool((seen[0][1] == 0).all())  # dropped: a cold start
+    actor.plans.store(obs, hi.expand(2, -1, -1))
+    actor.solve(obs)
+    assert seen[1] is None and actor.stats["warm_dropped"] == 3  # none left: cold

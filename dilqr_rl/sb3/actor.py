@@ -90,7 +90,7 @@ class DiLQRActor(nn.Module):
         self.use_plan_cache = True
         #: solve statistics since the last reset by :class:`DiLQRLoggingCallback`
         self.stats = {"solves": 0, "unconverged": 0, "iterations": 0, "cold_retries": 0,
-                      "nonfinite": 0}
+                      "nonfinite": 0, "warm_dropped": 0}
         self._warned = False
         self._warned_nonfinite = False
 
@@ -208,10 +208,15 @@ class DiLQRActor(nn.Module):
         samples that were warm-started are solved again from zero controls (counted in
         ``stats["cold_retries"]``); those that fail cold too get the zero plan (clamped into the
         box) with no gradient, counted in ``stats["nonfinite"]`` and warned about once (an
-        action is needed in a rollout whatever the model predicts)."""
+        action is needed in a rollout whatever the model predicts).
+
+        Before that, warm starts whose rollout under the current model costs more than a cold
+        start's are dropped (:meth:`_screen`, counted in ``stats["warm_dropped"]``)."""
         x0 = self.state(obs)
-        u_init = self.initial_plans(obs, x0)
         overrides = self.cost_overrides(x0)
+        u_init = self.initial_plans(obs, x0)
+        if u_init is not None:
+            u_init = self._screen(x0, u_init, overrides)
         with warnings.catch_warnings():
             # counted and reported once by _count instead of a warning per call
             warnings.simplefilter("ignore", UnconvergedWarning)
@@ -223,6 +228,29 @@ class DiLQRActor(nn.Module):
         self._count(sol)
         self._remember(obs, sol)
         return sol
+
+    def _screen(self, x0: Tensor, u_init: Tensor, overrides: dict[str, Tensor]
+                ) -> Tensor | None:
+        """``u_init (B, T, m)`` without the warm starts whose rollout under the current model
+        costs more than the cold start's (zero controls), or is not finite: those start cold,
+        counted in ``stats["warm_dropped"]``; ``None`` when none is left.
+
+        A warm start is a plan of an earlier model (the plan cache) or of the previous state
+        (the sequential one). Once the model has moved, it can start the solve in a worse
+        basin: on replay-buffer batches of an SB3 SAC run whose RL loss had drifted the
+        cart-pole's model, the cached plans ended 10-iteration solves at 1.5-3.4x the total
+        cost of cold starts on 4 batches of 6, through the solver's slow QP path (docs/rl.md).
+        The cost of this check: two open-loop rollouts of the batch."""
+        hit = (u_init != 0).flatten(1).any(1)
+        if not bool(hit.any()):
+            return None
+        J_warm = self.ctrl.rollout_cost(x0, u_init, **overrides)
+        J_cold = self.ctrl.rollout_cost(x0, torch.zeros_like(u_init), **overrides)
+        drop = hit & ~(J_warm <= J_cold)  # (NaN compares False: dropped)
+        self.stats["warm_dropped"] += int(drop.sum())
+        if bool((drop == hit).all()):
+            return None
+        return torch.where(drop[:, None, None], 0.0, u_init)
 
     def _set_apart(self, x0: Tensor, overrides: dict[str, Tensor], sol: Solution,
                    warm: Tensor | None) -> Solution:

@@ -29,8 +29,8 @@ def physical_params(policy: nn.Module) -> dict[str, float]:
 
 class DiLQRLoggingCallback(BaseCallback):
     """Logs the controller's physical parameters (``dilqr/<name>``), the fraction of
-    unconverged solves and the mean iteration count at every rollout end / ``log_every``
-    steps."""
+    unconverged solves, the mean iteration count and the fraction of warm starts dropped for a
+    cold start (``DiLQRActor._screen``) at every rollout end / ``log_every`` steps."""
 
     def __init__(self, log_every: int = 1000, verbose: int = 0):
         super().__init__(verbose)
@@ -44,6 +44,7 @@ class DiLQRLoggingCallback(BaseCallback):
         if s["solves"]:
             self.logger.record("dilqr/unconverged_frac", s["unconverged"] / s["solves"])
             self.logger.record("dilqr/mean_iterations", s["iterations"] / s["solves"])
+            self.logger.record("dilqr/warm_dropped_frac", s["warm_dropped"] / s["solves"])
             for k in s:
                 s[k] = 0
 
