@@ -246,7 +246,9 @@ class DiLQRActor(nn.Module):
             return None
         J_warm = self.ctrl.rollout_cost(x0, u_init, **overrides)
         J_cold = self.ctrl.rollout_cost(x0, torch.zeros_like(u_init), **overrides)
-        drop = hit & ~(J_warm <= J_cold)  # (NaN compares False: dropped)
+        # a warm start that is not finite is dropped; a finite one is kept where the cold
+        # start's is not (NaN and inf compare False)
+        drop = hit & ~(torch.isfinite(J_warm) & ~(J_warm > J_cold))
         self.stats["warm_dropped"] += int(drop.sum())
         if bool((drop == hit).all()):
             return None
