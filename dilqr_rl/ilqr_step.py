@@ -160,7 +160,7 @@ def _escape(dynamics, cost, pr, x, u, J, gains, alphas) -> _Step:
 
 
 def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model: LQModel,
-          small: Tensor, alphas: Tensor, cfg: ILQRConfig, loose: Tensor | None = None
+          small: Tensor, alphas: Tensor, cfg: ILQRConfig, loose: Tensor
           ) -> tuple[_Step, Tensor]:
     """Step 4: the QP plan and the line search along it; at an indefinite exact reduced
     Hessian, also the negative-curvature escape. ``loose (b,)``: samples whose QP subproblem
@@ -190,7 +190,7 @@ def _step(dynamics, cost, pr: _Problem, xs, us, Js, nws, gains: LQRGains, model:
         du, dxq, Kq, its = solve_qp(mdl, g, us[r], alphas, _step_tol(cfg.tol or ILQRConfig.tol,
                                                                       us.dtype),
                                     cfg.armijo, cfg.qp_iters,
-                                    None if loose is None else loose if every else loose[r])
+                                    loose if every else loose[r])
         inner = inner.index_copy(0, r, its)
         plan = LQRGains(Kq, du, g.free, g.ok & ((its > 0) | small[r]), g.pivot, g.Quu, g.lam,
                         g.gu, Kg=g.Kg)

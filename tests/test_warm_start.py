@@ -220,13 +220,11 @@ def test_actor_drops_warm_starts_worse_than_a_cold_start(monkeypatch) -> None:
     assert seen[1] is None and actor.stats["warm_dropped"] == 3  # none left: cold
     # a cold start whose rollout is not finite keeps the (finite) warm start; a warm start
     # that is not finite is dropped
-    real = actor.ctrl.rollout_cost
-
-    def cost(x0, u, **kw):
-        J = real(x0, u, **kw)
+    def cost(x0, u, **kw):  # per row: the sample it belongs to (rows may be stacked)
         cold = ~(u != 0).flatten(1).any(1)
-        return torch.where(cold, torch.tensor([float("nan"), 0.0], dtype=J.dtype),
-                           torch.tensor([1.0, float("inf")], dtype=J.dtype))
+        i = torch.arange(u.shape[0]) % 2
+        return torch.where(cold, torch.tensor([float("nan"), 0.0], dtype=u.dtype)[i],
+                           torch.tensor([1.0, float("inf")], dtype=u.dtype)[i])
 
     monkeypatch.setattr(actor.ctrl, "rollout_cost", cost)
     init = actor._screen(x0, good, {})
